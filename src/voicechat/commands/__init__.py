@@ -1,0 +1,1 @@
+"""One module per `voicechat` subcommand (see cli.py)."""

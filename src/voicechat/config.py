@@ -1,0 +1,117 @@
+"""Every setting of the app, in one typed place.
+
+Values come, in rising priority, from the defaults below, a `.env` file in the working directory,
+environment variables (prefix ``VOICECHAT_``, e.g. ``VOICECHAT_PORT=9000``) and command-line flags
+(passed to :func:`load_settings` as overrides). ``docs/configuration.md`` documents each one.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_SYSTEM_PROMPT = (
+    "You are a friendly, helpful voice assistant in a live spoken conversation. "
+    "Answer in a natural, spoken style: short sentences, usually one to three of them. "
+    "Never use markdown, lists, headings, code blocks, emoji or special symbols, because everything "
+    "you write is read aloud. Spell out numbers and abbreviations the way you would say them. "
+    "If you did not understand the user, ask them briefly to repeat."
+)
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="VOICECHAT_",
+        env_file=".env",
+        env_file_encoding="utf-8",
+        extra="ignore",
+        validate_default=True,
+    )
+
+    # --- Server -------------------------------------------------------------------------------
+    host: str = Field("127.0.0.1", description="Address the web server binds to (0.0.0.0 for all).")
+    port: int = Field(8000, ge=1, le=65535, description="TCP port of the web server.")
+    max_sessions: int = Field(4, ge=1, description="Most conversations served at once; more are refused.")
+    log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="Log verbosity.")
+    max_frame_bytes: int = Field(
+        64_000, ge=1024, description="Largest binary audio frame accepted from a client, in bytes."
+    )
+
+    # --- Text to speech (Chatterbox) -----------------------------------------------------------
+    checkpoint: str | None = Field(
+        None,
+        description="Local Chatterbox model directory. Unset: download ResembleAI/chatterbox from the hub.",
+    )
+    device: str = Field("auto", description="Torch device for Chatterbox: auto, cuda, cuda:N, mps or cpu.")
+    voice: Path | None = Field(
+        None, description="Reference WAV for the default voice (voice cloning). Unset: the built-in voice."
+    )
+    voices_dir: Path = Field(
+        Path("voices"), description="Directory of extra reference voices (*.wav), and where uploads go."
+    )
+    exaggeration: float = Field(0.5, ge=0.25, le=2.0, description="Chatterbox emotion exaggeration.")
+    cfg_weight: float = Field(0.5, ge=0.0, le=1.0, description="Chatterbox classifier-free guidance weight.")
+    temperature: float = Field(0.8, ge=0.05, le=5.0, description="Chatterbox sampling temperature.")
+    chunk_size: int = Field(
+        25, ge=1, le=200, description="Speech tokens per streamed chunk (25 tokens = 1 s of audio)."
+    )
+    tts_warmup: bool = Field(True, description="Run one short generation at start so the first reply is fast.")
+
+    # --- Speech to text ------------------------------------------------------------------------
+    stt_model: str = Field(
+        "large-v3-turbo",
+        description="faster-whisper model name (downloaded from the hub) or a local CTranslate2 model directory.",
+    )
+    stt_device: str = Field("auto", description="Device for faster-whisper: auto, cuda or cpu.")
+    stt_compute_type: str = Field(
+        "default", description="CTranslate2 compute type (default, int8, float16, int8_float16 ...)."
+    )
+    stt_language: str = Field("en", description="Language code spoken by users.")
+    speed: int = Field(
+        50, ge=0, le=100, description="Turn-taking speed 0-100: higher answers sooner after the user pauses."
+    )
+    max_utterance_s: float = Field(
+        30.0, gt=1.0, description="Longest single user turn, in seconds; longer speech forces a turn end."
+    )
+
+    # --- Language model ------------------------------------------------------------------------
+    provider: Literal["ollama", "openai"] = Field("ollama", description="LLM provider.")
+    base_url: str | None = Field(
+        None,
+        description="LLM server URL. Unset: http://localhost:11434 (ollama) or the OpenAI API (openai).",
+    )
+    model: str = Field("llama3.2:3b", description="LLM model name.")
+    api_key: str | None = Field(
+        None, description="API key for OpenAI-compatible servers (OPENAI_API_KEY is used when unset)."
+    )
+    llm_temperature: float = Field(0.7, ge=0.0, le=2.0, description="LLM sampling temperature.")
+    llm_max_tokens: int = Field(400, ge=1, description="Most tokens in one assistant reply.")
+    llm_first_token_timeout_s: float = Field(
+        30.0, gt=0, description="Seconds to wait for the first token before giving up."
+    )
+    llm_auto_pull: bool = Field(False, description="Pull a missing Ollama model at start.")
+    system_prompt: str = Field(DEFAULT_SYSTEM_PROMPT, description="System prompt for the assistant.")
+    system_prompt_file: Path | None = Field(
+        None, description="File whose text replaces system_prompt."
+    )
+    history_max_chars: int = Field(
+        12_000, ge=500, description="Budget of the conversation history sent to the LLM, in characters."
+    )
+
+    @field_validator("voice", "system_prompt_file", "checkpoint", mode="before")
+    @classmethod
+    def _empty_is_none(cls, value: object) -> object:
+        return None if value == "" else value
+
+    def effective_system_prompt(self) -> str:
+        if self.system_prompt_file is not None:
+            return self.system_prompt_file.read_text(encoding="utf-8").strip()
+        return self.system_prompt
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Settings from defaults, `.env` and the environment, with non-None ``overrides`` (CLI flags) on top."""
+    return Settings(**{key: value for key, value in overrides.items() if value is not None})
