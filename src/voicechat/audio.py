@@ -1,0 +1,74 @@
+"""PCM conversions and resampling, in one place.
+
+Formats meet only at the edges: clients send int16 PCM, models want float32, Chatterbox gives float32
+and the wire carries int16. Every conversion in the app goes through these functions.
+"""
+
+from __future__ import annotations
+
+import io
+import wave
+from pathlib import Path
+
+import numpy as np
+import soundfile
+import soxr
+
+INT16_SCALE = 32768.0
+
+
+class AudioFormatError(ValueError):
+    """Audio bytes or files that cannot be read as the format they claim to be."""
+
+
+def pcm16_bytes_to_int16(data: bytes | bytearray | memoryview) -> np.ndarray:
+    """Little-endian int16 PCM bytes to an int16 array (zero-copy). Odd byte counts are an error."""
+    if len(data) % 2:
+        raise AudioFormatError(f"int16 PCM needs an even number of bytes, got {len(data)}")
+    return np.frombuffer(data, dtype="<i2")
+
+
+def int16_to_float32(samples: np.ndarray) -> np.ndarray:
+    return samples.astype(np.float32) / INT16_SCALE
+
+
+def float32_to_int16(samples: np.ndarray) -> np.ndarray:
+    """Float audio in [-1, 1] to int16, clipping anything outside instead of wrapping around."""
+    scaled = np.clip(np.asarray(samples, dtype=np.float32), -1.0, 1.0) * 32767.0
+    return np.rint(scaled).astype(np.int16)
+
+
+def resample(samples: np.ndarray, from_rate: int, to_rate: int) -> np.ndarray:
+    """Resample mono audio (float32 or int16; the dtype is kept). A no-op when the rates match."""
+    if from_rate == to_rate or len(samples) == 0:
+        return samples
+    if from_rate <= 0 or to_rate <= 0:
+        raise AudioFormatError(f"sample rates must be positive, got {from_rate} -> {to_rate}")
+    return soxr.resample(samples, from_rate, to_rate, quality="HQ")
+
+
+def read_audio(source: str | Path | bytes, *, rate: int | None = None) -> tuple[np.ndarray, int]:
+    """Decode a WAV/FLAC/OGG file or its bytes to mono float32, resampled to ``rate`` when given.
+
+    Raises AudioFormatError with a plain reason for anything that is not decodable audio.
+    """
+    try:
+        handle = io.BytesIO(source) if isinstance(source, (bytes, bytearray)) else source
+        data, file_rate = soundfile.read(handle, dtype="float32", always_2d=True)
+    except (soundfile.LibsndfileError, RuntimeError, TypeError, ValueError) as error:
+        raise AudioFormatError(f"not a readable audio file: {error}") from error
+    mono = data.mean(axis=1) if data.shape[1] > 1 else data[:, 0]
+    if rate is not None:
+        mono = resample(mono, file_rate, rate)
+        file_rate = rate
+    return np.ascontiguousarray(mono, dtype=np.float32), file_rate
+
+
+def write_wav(path: str | Path, samples: np.ndarray, rate: int) -> None:
+    """Write mono 16-bit PCM WAV; float input is converted with :func:`float32_to_int16`."""
+    pcm = samples if samples.dtype == np.int16 else float32_to_int16(samples)
+    with wave.open(str(path), "wb") as wav:
+        wav.setnchannels(1)
+        wav.setsampwidth(2)
+        wav.setframerate(rate)
+        wav.writeframes(pcm.astype("<i2").tobytes())
