@@ -1,0 +1,187 @@
+"""The FastAPI app: the web client, one WebSocket conversation per connection, health and metrics.
+
+Models load in the background after start-up, so /healthz answers at once and /readyz tells what the
+server is waiting for; conversations that connect meanwhile see the `loading` state.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import time
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from fastapi import FastAPI, Request, WebSocket
+from fastapi.responses import JSONResponse, Response
+from fastapi.staticfiles import StaticFiles
+from prometheus_client import CONTENT_TYPE_LATEST
+
+from voicechat import protocol as p
+from voicechat.config import Settings
+from voicechat.llm import LLM, LLMError, create_llm
+from voicechat.metrics import Metrics
+from voicechat.session import Services, Session
+from voicechat.stt import SpeechModels
+from voicechat.tts.engine import TTSEngine, TTSError
+
+log = logging.getLogger(__name__)
+
+WEB_DIR = Path(__file__).parent / "web"
+VOICE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,39}$")
+MAX_VOICE_BYTES = 10 * 1024 * 1024
+LLM_CHECK_INTERVAL_S = 5.0
+
+
+@dataclass
+class AppState:
+    settings: Settings
+    metrics: Metrics = field(default_factory=Metrics)
+    services: Services | None = None
+    stage: str = "starting"
+    load_error: str | None = None
+    ready: asyncio.Event = field(default_factory=asyncio.Event)  # set when loading ends, well or badly
+    sessions: int = 0
+    llm_error: str | None = "not checked yet"
+    llm_checked_at: float = float("-inf")
+
+    async def check_llm(self, llm: LLM) -> None:
+        """Ask the LLM server whether it is reachable and has the model (at most every few seconds)."""
+        if time.monotonic() - self.llm_checked_at < LLM_CHECK_INTERVAL_S:
+            return
+        self.llm_checked_at = time.monotonic()
+        try:
+            await llm.check_ready()
+            self.llm_error = None
+        except LLMError as error:
+            self.llm_error = str(error)
+            log.warning("LLM not ready: %s", error)
+
+
+async def load_services(state: AppState) -> None:
+    """Load every model once, warm it up, and log how long it took."""
+    settings = state.settings
+    started = time.monotonic()
+    try:
+        state.stage = "loading models (Chatterbox, Whisper, VAD, Smart Turn)"
+        tts, speech = await asyncio.gather(
+            asyncio.to_thread(TTSEngine.load, settings), asyncio.to_thread(SpeechModels.load, settings)
+        )
+        llm = create_llm(settings)
+        state.services = Services(settings=settings, tts=tts, speech=speech, llm=llm, metrics=state.metrics)
+        state.metrics.track_tts_streams(lambda: tts.active_streams)
+        state.stage = "ready"
+        log.info("models loaded and warmed up in %.1f s", time.monotonic() - started)
+        await state.check_llm(llm)
+    except Exception as error:  # noqa: BLE001 - reported through /readyz and to every client
+        log.exception("loading models failed")
+        state.load_error = f"{type(error).__name__}: {error}"
+        state.stage = "failed"
+    finally:
+        state.ready.set()
+
+
+def create_app(settings: Settings) -> FastAPI:
+    state = AppState(settings)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):  # noqa: ANN202
+        loader = asyncio.create_task(load_services(state))
+        try:
+            yield
+        finally:
+            loader.cancel()
+            await asyncio.gather(loader, return_exceptions=True)
+            if state.services is not None:
+                await state.services.llm.aclose()
+                await asyncio.to_thread(state.services.tts.close)
+                await asyncio.to_thread(state.services.speech.close)
+
+    app = FastAPI(title="RealtimeVoiceChat, Chatterbox edition", lifespan=lifespan)
+    app.state.voicechat = state
+
+    @app.get("/healthz")
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/readyz")
+    async def readyz() -> JSONResponse:
+        if state.load_error is not None:
+            return JSONResponse({"ready": False, "reason": f"model loading failed: {state.load_error}"}, 503)
+        if state.services is None:
+            return JSONResponse({"ready": False, "reason": state.stage}, 503)
+        await state.check_llm(state.services.llm)
+        if state.llm_error is not None:
+            return JSONResponse({"ready": False, "reason": f"language model: {state.llm_error}"}, 503)
+        return JSONResponse({"ready": True, "sessions": state.sessions, "max_sessions": settings.max_sessions})
+
+    @app.get("/metrics")
+    async def metrics() -> Response:
+        return Response(state.metrics.render(), media_type=CONTENT_TYPE_LATEST)
+
+    @app.get("/api/voices")
+    async def list_voices() -> JSONResponse:
+        if state.services is None:
+            return JSONResponse({"error": "not_ready", "message": state.stage}, 503)
+        return JSONResponse({"voices": state.services.tts.voices()})
+
+    @app.post("/api/voices")
+    async def add_voice(request: Request, name: str) -> JSONResponse:
+        if state.services is None:
+            return JSONResponse({"error": "not_ready", "message": state.stage}, 503)
+        if not VOICE_NAME.match(name) or name == "default":
+            return JSONResponse(
+                {"error": "bad_voice", "message": "voice names are 1-40 letters, digits, '-' or '_'"}, 400
+            )
+        body = bytearray()
+        async for piece in request.stream():
+            body += piece
+            if len(body) > MAX_VOICE_BYTES:
+                return JSONResponse({"error": "bad_voice", "message": "a reference WAV may be 10 MB at most"}, 413)
+        try:
+            voice = await asyncio.to_thread(state.services.tts.add_voice, name, bytes(body))
+        except TTSError as error:
+            return JSONResponse({"error": "bad_voice", "message": str(error)}, 400)
+        return JSONResponse({"voice": voice})
+
+    @app.websocket("/ws")
+    async def conversation(websocket: WebSocket) -> None:
+        await websocket.accept()
+        if state.sessions >= settings.max_sessions:
+            state.metrics.sessions_refused.inc()
+            await websocket.send_text(
+                p.error_message(
+                    "server_full",
+                    f"the server is busy with {settings.max_sessions} conversations; try again later",
+                    fatal=True,
+                )
+            )
+            await websocket.close(p.CLOSE_SERVER_FULL)
+            return
+        state.sessions += 1
+        state.metrics.sessions.inc()
+        try:
+            if not state.ready.is_set():
+                await websocket.send_text(p.server_message("status", state="loading"))
+                await state.ready.wait()
+            if state.services is None:
+                await websocket.send_text(
+                    p.error_message("internal", f"the server could not load its models: {state.load_error}", fatal=True)
+                )
+                await websocket.close(p.CLOSE_INTERNAL)
+                return
+            await Session(websocket, state.services).run()
+        except Exception:  # noqa: BLE001 - one conversation's failure must not reach the server
+            log.exception("conversation failed")
+            try:
+                await websocket.close(p.CLOSE_INTERNAL)
+            except Exception:  # noqa: BLE001 - already gone
+                pass
+        finally:
+            state.sessions -= 1
+            state.metrics.sessions.dec()
+
+    app.mount("/", StaticFiles(directory=WEB_DIR, html=True), name="web")
+    return app

@@ -1,0 +1,60 @@
+"""When user speech may interrupt the assistant: not a cough, not "mm-hmm", not the assistant's own echo.
+
+Peers' users complain most about assistants that interrupt themselves on their own echo or on a
+backchannel. So an interruption needs enough voiced speech *and* real words that are neither a
+backchannel nor a copy of what the assistant is saying. While the client reports that it is playing
+assistant audio (uplink flag bit 0), the bar is higher: the echo canceller may leak.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+BACKCHANNEL_WORDS = frozenset(
+    """mm mmm mhm mmhmm hm hmm uh huh uhhuh um umm ah oh ooh yeah yep yes yup ok okay right sure
+    cool nice alright wow really i see got it gotcha true exactly indeed totally great""".split()
+)
+_WORD = re.compile(r"[a-z0-9']+")
+
+
+def words(text: str) -> list[str]:
+    """Lower-case words without punctuation ("Mm-hmm." -> ["mm", "hmm"])."""
+    return _WORD.findall(text.lower().replace("-", " "))
+
+
+def is_backchannel(text: str) -> bool:
+    """True for short acknowledgements ("mm-hmm", "yeah right", "okay") that should not stop a reply."""
+    spoken = words(text)
+    return len(spoken) <= 3 and all(word in BACKCHANNEL_WORDS for word in spoken)
+
+
+def is_echo(text: str, assistant_text: str, *, overlap: float = 0.6) -> bool:
+    """True when most of the heard words are words the assistant is saying: its own voice coming back."""
+    heard = words(text)
+    if not heard:
+        return False
+    said = set(words(assistant_text))
+    return sum(word in said for word in heard) / len(heard) >= overlap
+
+
+@dataclass(frozen=True)
+class BargeInPolicy:
+    min_speech_s: float = 0.5  # voiced speech in the user's turn before an interruption counts
+    min_words: int = 2
+    playing_min_speech_s: float = 0.8  # stricter while the client plays assistant audio (echo risk)
+    playing_min_words: int = 3
+
+    def should_interrupt(self, text: str, speech_s: float, assistant_text: str, *, client_playing: bool) -> bool:
+        min_speech, min_words = (
+            (self.playing_min_speech_s, self.playing_min_words)
+            if client_playing
+            else (self.min_speech_s, self.min_words)
+        )
+        heard = words(text)
+        return (
+            speech_s >= min_speech
+            and len(heard) >= min_words
+            and not is_backchannel(text)
+            and not is_echo(text, assistant_text)
+        )
