@@ -18,7 +18,8 @@ DEFAULT_SYSTEM_PROMPT = (
     "Answer in a natural, spoken style: short sentences, usually one to three of them. "
     "Never use markdown, lists, headings, code blocks, emoji or special symbols, because everything "
     "you write is read aloud. Spell out numbers and abbreviations the way you would say them. "
-    "If you did not understand the user, ask them briefly to repeat."
+    "If you did not understand the user, ask them briefly to repeat. "
+    "If one of your earlier replies ends with a dash, the user interrupted you there and did not hear the rest."
 )
 
 
@@ -91,6 +92,9 @@ class Settings(BaseSettings):
     llm_max_tokens: int = Field(400, ge=1, description="Most tokens in one assistant reply.")
     llm_first_token_timeout_s: float = Field(
         30.0, gt=0, description="Seconds to wait for the first token before giving up."
+    )
+    llm_retries: int = Field(
+        2, ge=0, le=5, description="Retries of a failed LLM request before its first token (connection, 429, 5xx)."
     )
     llm_auto_pull: bool = Field(False, description="Pull a missing Ollama model at start.")
     system_prompt: str = Field(DEFAULT_SYSTEM_PROMPT, description="System prompt for the assistant.")

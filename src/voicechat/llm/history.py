@@ -1,0 +1,80 @@
+"""The conversation history of one session, as sent to the LLM.
+
+Policy (docs/llm.md):
+- The system prompt always comes first and does not count against the budget.
+- Turns are trimmed oldest first until their text fits ``max_chars``; the latest user turn is always
+  kept, even alone over budget. After trimming, the history starts with a user turn, because some chat
+  templates refuse a conversation that opens with the assistant.
+- Assistant turns hold what the user actually heard. A turn cut short by the user (barge-in) ends
+  with :data:`INTERRUPTED_MARK`, a dash, the written sign of speech broken off: the model sees where
+  it was stopped, and if it imitates the mark, a dash is harmless when spoken. The default system
+  prompt explains the mark. An interruption before any word was heard records no assistant turn.
+- Two turns in a row from the same side (a reply that failed, a user who spoke twice) are merged into
+  one, since many chat templates require user and assistant turns to alternate.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+INTERRUPTED_MARK = " —"
+
+
+@dataclass
+class Turn:
+    role: str  # "user" or "assistant"
+    text: str  # for an interrupted assistant turn: what was heard, plus INTERRUPTED_MARK
+    interrupted: bool = False
+
+
+class History:
+    def __init__(self, system_prompt: str, max_chars: int) -> None:
+        self.system_prompt = system_prompt
+        self.max_chars = max_chars
+        self._turns: list[Turn] = []
+
+    @property
+    def turns(self) -> list[Turn]:
+        return list(self._turns)
+
+    def add_user(self, text: str) -> None:
+        self._add(Turn("user", text.strip()))
+
+    def add_assistant(self, text: str, *, interrupted: bool = False) -> None:
+        """Record a reply; ``text`` is what was actually spoken (cut short after a barge-in)."""
+        text = text.strip()
+        if not text:
+            return  # nothing was heard
+        if interrupted:
+            text = text.rstrip(" —-–") + INTERRUPTED_MARK
+        self._add(Turn("assistant", text, interrupted))
+
+    def clear(self) -> None:
+        self._turns.clear()
+
+    def messages(self) -> list[dict[str, str]]:
+        kept = self._trimmed()
+        return [{"role": "system", "content": self.system_prompt}] + [
+            {"role": turn.role, "content": turn.text} for turn in kept
+        ]
+
+    def _add(self, turn: Turn) -> None:
+        if not turn.text:
+            return
+        last = self._turns[-1] if self._turns else None
+        if last is not None and last.role == turn.role:
+            self._turns[-1] = Turn(turn.role, f"{last.text}\n{turn.text}", turn.interrupted)
+        else:
+            self._turns.append(turn)
+
+    def _trimmed(self) -> list[Turn]:
+        turns = self._turns
+        last_user = max((i for i, turn in enumerate(turns) if turn.role == "user"), default=len(turns))
+        start = 0
+        total = sum(len(turn.text) for turn in turns)
+        while start < last_user and total > self.max_chars:
+            total -= len(turns[start].text)
+            start += 1
+        while start < last_user and turns[start].role != "user":
+            start += 1
+        return turns[start:]
