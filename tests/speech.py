@@ -12,16 +12,23 @@ import numpy as np
 from conftest_paths import CACHE_DIR
 
 
-def espeak_wav(text: str, *, rate: int = 16000, voice: str = "en-us", words_per_minute: int = 165) -> Path:
-    """Render ``text`` with espeak-ng to a mono 16-bit WAV at ``rate`` Hz, cached by its arguments."""
-    key = hashlib.sha1(f"{text}|{rate}|{voice}|{words_per_minute}".encode()).hexdigest()[:16]
+def espeak_wav(
+    text: str, *, rate: int = 16000, voice: str = "en-us", words_per_minute: int = 165, ssml: bool = False
+) -> Path:
+    """Render ``text`` with espeak-ng to a mono 16-bit WAV at ``rate`` Hz, cached by its arguments.
+
+    With ``ssml`` the text is SSML, e.g. ``<speak>I want to <break time="600ms"/> go home</speak>``: a
+    pause inside one sentence, keeping its intonation (rendering the halves apart would end both).
+    """
+    key_text = f"{text}|{rate}|{voice}|{words_per_minute}" + ("|ssml" if ssml else "")
+    key = hashlib.sha1(key_text.encode()).hexdigest()[:16]
     out = CACHE_DIR / "speech" / f"{key}.wav"
     if out.exists():
         return out
     out.parent.mkdir(parents=True, exist_ok=True)
     raw = out.with_suffix(".raw.wav")
     subprocess.run(
-        ["espeak-ng", "-v", voice, "-s", str(words_per_minute), "-w", str(raw), text],
+        ["espeak-ng", *(["-m"] if ssml else []), "-v", voice, "-s", str(words_per_minute), "-w", str(raw), text],
         check=True,
         capture_output=True,
     )

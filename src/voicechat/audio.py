@@ -72,3 +72,25 @@ def write_wav(path: str | Path, samples: np.ndarray, rate: int) -> None:
         wav.setsampwidth(2)
         wav.setframerate(rate)
         wav.writeframes(pcm.astype("<i2").tobytes())
+
+
+class StreamResampler:
+    """Resamples a stream chunk by chunk, keeping the filter state between chunks.
+
+    Resampling each small chunk on its own (``resample``) leaves a click at every chunk joint; a live
+    microphone stream at a rate other than the model's goes through one of these instead.
+    """
+
+    def __init__(self, from_rate: int, to_rate: int) -> None:
+        if from_rate <= 0 or to_rate <= 0:
+            raise AudioFormatError(f"sample rates must be positive, got {from_rate} -> {to_rate}")
+        self._stream = (
+            None if from_rate == to_rate else soxr.ResampleStream(from_rate, to_rate, 1, dtype="float32", quality="HQ")
+        )
+
+    def process(self, samples: np.ndarray) -> np.ndarray:
+        """Float32 mono in, float32 mono out (possibly empty while the filter fills)."""
+        samples = np.asarray(samples, dtype=np.float32)
+        if self._stream is None or len(samples) == 0:
+            return samples
+        return self._stream.resample_chunk(samples, last=False)

@@ -1,0 +1,106 @@
+"""End of turn: the Smart Turn v3.2 audio model plus a silence policy scaled by the `speed` setting.
+
+Smart Turn reads the last 8 s of the user's audio (a Whisper-tiny encoder with a classifier on top) and
+says how likely the speaker has finished. Its ONNX file ships inside the pipecat-ai wheel; we run it
+with onnxruntime on one owner thread and compute its log-mel input with faster-whisper's feature
+extractor (the same Whisper front end the model was trained with).
+"""
+
+from __future__ import annotations
+
+import re
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnxruntime
+from faster_whisper.feature_extractor import FeatureExtractor
+
+from voicechat.stt.vad import pipecat_package_dir
+
+SAMPLE_RATE = 16000
+_WINDOW_S = 8  # the model's fixed input length
+
+
+def packaged_model_path() -> Path:
+    return pipecat_package_dir() / "audio" / "turn" / "smart_turn" / "data" / "smart-turn-v3.2-cpu.onnx"
+
+
+class SmartTurn:
+    """The shared Smart Turn model with its own owner thread (one decision takes ~30-100 ms on a CPU)."""
+
+    def __init__(self, model_path: Path | None = None, *, threads: int = 2) -> None:
+        options = onnxruntime.SessionOptions()
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        self._session = onnxruntime.InferenceSession(
+            str(model_path or packaged_model_path()), sess_options=options, providers=["CPUExecutionProvider"]
+        )
+        self._features = FeatureExtractor(feature_size=80, chunk_length=_WINDOW_S)
+        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="smart-turn")
+
+    def probability(self, audio: np.ndarray) -> float:
+        """Probability (0-1) that the turn in ``audio`` (float32, 16 kHz, ending now) is complete. Blocking."""
+        window = SAMPLE_RATE * _WINDOW_S
+        audio = np.asarray(audio, dtype=np.float32)[-window:]
+        # As in training: short clips are padded with silence in front, then the waveform is normalised.
+        audio = np.pad(audio, (window - len(audio), 0))
+        audio = (audio - audio.mean()) / np.sqrt(audio.var() + 1e-7)
+        features = self._features(audio, padding=0)[np.newaxis].astype(np.float32)
+        (logits,) = self._session.run(None, {"input_features": features})
+        return float(logits[0, 0])  # the exported model already applies the sigmoid
+
+    def submit(self, audio: np.ndarray) -> Future[float]:
+        return self._thread.submit(self.probability, audio)
+
+    def close(self) -> None:
+        self._thread.shutdown(wait=True, cancel_futures=True)
+
+
+@dataclass(frozen=True)
+class TurnPolicy:
+    """How long to wait in a pause before ending the user's turn, all in seconds of silence.
+
+    At speed 50 the turn ends after ``complete_wait_s`` when the models judge it complete, otherwise
+    after ``max_wait_s``. Each step of 50 on the speed scale halves or doubles every wait, so speed 0 is
+    four times as patient as speed 100 (the original app's slider spanned a similar range).
+    """
+
+    probe_s: float  # silence before Smart Turn and the candidate final transcription run
+    complete_wait_s: float  # silence before a turn judged complete ends
+    max_wait_s: float  # silence before any turn ends, whatever the judgement
+
+    @classmethod
+    def for_speed(cls, speed: int) -> TurnPolicy:
+        if not 0 <= speed <= 100:
+            raise ValueError(f"speed must be between 0 and 100, got {speed}")
+        scale = 2.0 ** ((50 - speed) / 50)
+        complete_wait = 0.30 * scale
+        return cls(probe_s=min(0.2, complete_wait), complete_wait_s=complete_wait, max_wait_s=1.6 * scale)
+
+
+# Words after which an English sentence almost never ends: articles, conjunctions, prepositions that
+# need an object, possessives, auxiliaries. A transcript ending in one of them means the speaker is
+# mid-sentence whatever the prosody says (espeak and tired humans both fall in pitch mid-sentence).
+_CONTINUATION_WORDS = frozenset(
+    """a an the and or but because so if than that which who whose whom when while although though
+    of to for with from into onto at by about like as in on my your his her our their its this these
+    those some any every no is are was were am be been being have has had do does did can could will
+    would shall should may might must not very really just um uh er""".split()
+)
+_LAST_WORD = re.compile(r"([A-Za-z']+)\W*$")
+
+
+def text_says_incomplete(text: str, language: str) -> bool:
+    """True when the transcript visibly stops mid-sentence (a trailing comma, dash or ellipsis, or a
+    continuation word). Only English has a word list; other languages rely on punctuation alone."""
+    stripped = text.strip()
+    if not stripped:
+        return False
+    if stripped.endswith((",", "-", "...", "…", ";", ":")):
+        return True
+    if not language.startswith("en"):
+        return False
+    match = _LAST_WORD.search(stripped)
+    return bool(match) and match.group(1).lower() in _CONTINUATION_WORDS and not stripped.endswith(("?", "!"))
