@@ -35,7 +35,9 @@ class Settings(BaseSettings):
     # --- Server -------------------------------------------------------------------------------
     host: str = Field("127.0.0.1", description="Address the web server binds to (0.0.0.0 for all).")
     port: int = Field(8000, ge=1, le=65535, description="TCP port of the web server.")
-    max_sessions: int = Field(4, ge=1, description="Most conversations served at once; more are refused.")
+    max_sessions: int = Field(
+        4, ge=1, description="Most conversations served at once; more are refused (server_full, close 1013)."
+    )
     log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="Log verbosity.")
     max_frame_bytes: int = Field(
         64_000, ge=1024, description="Largest binary audio frame accepted from a client, in bytes."
@@ -53,11 +55,24 @@ class Settings(BaseSettings):
     voices_dir: Path = Field(
         Path("voices"), description="Directory of extra reference voices (*.wav), and where uploads go."
     )
-    exaggeration: float = Field(0.5, ge=0.25, le=2.0, description="Chatterbox emotion exaggeration.")
-    cfg_weight: float = Field(0.5, ge=0.0, le=1.0, description="Chatterbox classifier-free guidance weight.")
-    temperature: float = Field(0.8, ge=0.05, le=5.0, description="Chatterbox sampling temperature.")
+    exaggeration: float = Field(
+        0.5, ge=0.25, le=2.0, description="Chatterbox emotion exaggeration: 0.5 is neutral, higher more dramatic."
+    )
+    cfg_weight: float = Field(
+        0.5,
+        ge=0.0,
+        le=1.0,
+        description="Chatterbox classifier-free guidance weight: lower (~0.3) calms a fast reference voice.",
+    )
+    temperature: float = Field(
+        0.8, ge=0.05, le=5.0, description="Chatterbox sampling temperature: higher varies more, lower is steadier."
+    )
     chunk_size: int = Field(
-        25, ge=1, le=200, description="Speech tokens per streamed chunk (25 tokens = 1 s of audio)."
+        25,
+        ge=1,
+        le=200,
+        description="Speech tokens per streamed chunk (25 tokens = 1 s of audio): smaller gives the first audio "
+        "sooner, larger costs less GPU per second of speech.",
     )
     tts_warmup: bool = Field(True, description="Run one short generation at start so the first reply is fast.")
 
@@ -70,7 +85,9 @@ class Settings(BaseSettings):
     stt_compute_type: str = Field(
         "default", description="CTranslate2 compute type (default, int8, float16, int8_float16 ...)."
     )
-    stt_language: str = Field("en", description="Language code spoken by users.")
+    stt_language: str = Field(
+        "en", description="Language code users speak (en, de, fr ...); English-only .en Whisper models need en."
+    )
     speed: int = Field(
         50, ge=0, le=100, description="Turn-taking speed 0-100: higher answers sooner after the user pauses."
     )
@@ -99,7 +116,7 @@ class Settings(BaseSettings):
     llm_auto_pull: bool = Field(False, description="Pull a missing Ollama model at start.")
     system_prompt: str = Field(DEFAULT_SYSTEM_PROMPT, description="System prompt for the assistant.")
     system_prompt_file: Path | None = Field(
-        None, description="File whose text replaces system_prompt."
+        None, description="UTF-8 text file whose content replaces system_prompt."
     )
     history_max_chars: int = Field(
         12_000, ge=500, description="Budget of the conversation history sent to the LLM, in characters."
