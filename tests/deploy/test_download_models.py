@@ -8,16 +8,13 @@ a user without internet meets.
 from __future__ import annotations
 
 import importlib.util
-import json
 import re
 import shutil
-import threading
-from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
 from deploy_helpers import run_voicechat
+from fake_llm import FakeLLM
 
 from voicechat.commands.download_models import (
     CHATTERBOX_FILES,
@@ -127,66 +124,21 @@ def test_models_already_in_the_hub_cache(tmp_path: Path, clean_env: dict, whispe
 # --- Ollama ------------------------------------------------------------------------------------
 
 
-class FakeOllama(BaseHTTPRequestHandler):
-    """Ollama's POST /api/pull on loopback: NDJSON progress, as the real server streams it."""
-
-    known = {"tiny-llm:1b"}
-
-    def do_POST(self) -> None:  # noqa: N802 - http.server's naming
-        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-        if self.path != "/api/pull":
-            self.send_error(404)
-            return
-        if body["model"] not in self.known:
-            self._json(500, [{"error": "pull model manifest: file does not exist"}])
-            return
-        layer = "sha256:" + "ab" * 32
-        self._json(200, [
-            {"status": "pulling manifest"},
-            {"status": f"pulling {layer[7:19]}", "digest": layer, "total": 3000, "completed": 0},
-            {"status": f"pulling {layer[7:19]}", "digest": layer, "total": 3000, "completed": 1500},
-            {"status": f"pulling {layer[7:19]}", "digest": layer, "total": 3000, "completed": 3000},
-            {"status": "verifying sha256 digest"},
-            {"status": "writing manifest"},
-            {"status": "success"},
-        ])
-
-    def _json(self, status: int, lines: list[dict]) -> None:
-        self.send_response(status)
-        self.send_header("Content-Type", "application/x-ndjson")
-        self.end_headers()
-        for line in lines:
-            self.wfile.write(json.dumps(line).encode() + b"\n")
-
-    def log_message(self, *args: object) -> None:
-        pass
-
-
-@pytest.fixture
-def ollama_url() -> Iterator[str]:
-    server = ThreadingHTTPServer(("127.0.0.1", 0), FakeOllama)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=5)
-
-
-def test_ollama_pull_shows_progress(ollama_url: str, capsys: pytest.CaptureFixture[str]) -> None:
-    settings = Settings(_env_file=None, provider="ollama", base_url=ollama_url, model="tiny-llm:1b")
-    assert pull_ollama_model(settings) == f"tiny-llm:1b is on {ollama_url}"
+def test_ollama_pull_shows_progress(capsys: pytest.CaptureFixture[str]) -> None:
+    with FakeLLM(models=[]) as ollama:
+        settings = Settings(_env_file=None, provider="ollama", base_url=ollama.url, model="tiny-llm:1b")
+        assert pull_ollama_model(settings) == f"tiny-llm:1b is on {ollama.url}"
+        assert ollama.models == ["tiny-llm:1b"]
     out, err = capsys.readouterr()
     assert "  pulling manifest\n" in out and "  writing manifest\n" in out and "  success\n" in out
-    assert "abababababab" in err and "3.00k/3.00k" in err  # tqdm's byte bar for the layer
+    assert "sha256:000000000000" in err and "100/100" in err  # tqdm's byte bar for the layer
 
 
-def test_ollama_pull_errors(ollama_url: str) -> None:
-    missing = Settings(_env_file=None, provider="ollama", base_url=ollama_url, model="no-such-model")
-    with pytest.raises(DownloadError, match=r"could not pull 'no-such-model': pull model manifest: file does not"):
-        pull_ollama_model(missing)
+def test_ollama_pull_errors() -> None:
+    with FakeLLM(models=[], pullable=False) as ollama:
+        missing = Settings(_env_file=None, provider="ollama", base_url=ollama.url, model="no-such-model")
+        with pytest.raises(DownloadError, match=r"could not pull 'no-such-model': pull model manifest: file does no"):
+            pull_ollama_model(missing)
 
     closed = Settings(_env_file=None, provider="ollama", base_url="http://127.0.0.1:9", model="tiny-llm:1b")
     with pytest.raises(DownloadError, match=r"cannot reach Ollama at http://127.0.0.1:9 \(VOICECHAT_BASE_URL\)"):
@@ -197,13 +149,15 @@ def test_ollama_pull_errors(ollama_url: str) -> None:
         pull_ollama_model(openai)
 
 
-def test_ollama_flag_runs_the_pull(tmp_path: Path, clean_env: dict, whisper_tiny_dir: Path, ollama_url: str) -> None:
-    env = clean_env | {
-        "VOICECHAT_CHECKPOINT": str(fake_checkpoint(tmp_path / "c")),
-        "VOICECHAT_STT_MODEL": str(whisper_tiny_dir),
-        "VOICECHAT_BASE_URL": ollama_url,
-        "VOICECHAT_MODEL": "tiny-llm:1b",
-    }
-    result = run_voicechat(["download-models", "--ollama"], env, tmp_path)
+def test_ollama_flag_runs_the_pull(tmp_path: Path, clean_env: dict, whisper_tiny_dir: Path) -> None:
+    with FakeLLM(models=[]) as ollama:
+        env = clean_env | {
+            "VOICECHAT_CHECKPOINT": str(fake_checkpoint(tmp_path / "c")),
+            "VOICECHAT_STT_MODEL": str(whisper_tiny_dir),
+            "VOICECHAT_BASE_URL": ollama.url,
+            "VOICECHAT_MODEL": "tiny-llm:1b",
+        }
+        result = run_voicechat(["download-models", "--ollama"], env, tmp_path)
+        assert ollama.models == ["tiny-llm:1b"]
     assert result.returncode == 0, result.stderr
-    assert f"Ollama: tiny-llm:1b is on {ollama_url}" in result.stdout
+    assert f"Ollama: tiny-llm:1b is on {ollama.url}" in result.stdout
