@@ -129,7 +129,9 @@ class FakeLLM:
         return f"{self.url}/v1"
 
     def start(self) -> FakeLLM:
-        self._thread = threading.Thread(target=self._httpd.serve_forever, name="fake-llm", daemon=True)
+        self._thread = threading.Thread(
+            target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05}, name="fake-llm", daemon=True
+        )
         self._thread.start()
         return self
 
