@@ -1,0 +1,216 @@
+// The page's audio: one AudioContext (created and resumed inside a user gesture, as iOS Safari
+// requires), the microphone capture worklet and the playback worklet.
+
+import { DEFAULT_OUTPUT_RATE } from "./protocol.js";
+
+const CAPTURE_FRAME_MS = 32; // 512 samples at 16 kHz: one Silero VAD window per frame
+const PREBUFFER_MS = 60;
+
+/** A getUserMedia / AudioContext failure explained in plain words. */
+export class MicError extends Error {
+  constructor(kind, message) {
+    super(message);
+    this.kind = kind;
+  }
+}
+
+/**
+ * Events: "frame" (Int16Array of 16 kHz PCM), "level" {rms, peak},
+ * "playback" {type: start|progress|stop, turnId, played, started}, "playing" (boolean),
+ * "contextstate" (AudioContext state string).
+ */
+export class AudioEngine extends EventTarget {
+  constructor() {
+    super();
+    this.context = null;
+    this.ready = null; // promise: worklet modules loaded
+    this.playback = null;
+    this.outputRate = DEFAULT_OUTPUT_RATE;
+    this.capture = null;
+    this.stream = null;
+    this.source = null;
+    this.playbackStats = {};
+    this.captureFrames = 0;
+    this.playing = false;
+  }
+
+  /**
+   * Create (first time) and resume the one AudioContext. Call it synchronously from a user gesture
+   * handler: the context is created and resume() is called before the first await.
+   */
+  unlock() {
+    if (!this.context) {
+      const Context = window.AudioContext || window.webkitAudioContext;
+      if (!Context) throw new MicError("unsupported", "This browser cannot play audio from the page (no Web Audio).");
+      this.context = new Context({ latencyHint: "interactive" });
+      this.context.onstatechange = () => this.emit("contextstate", this.context.state);
+      if (!this.context.audioWorklet) {
+        throw new MicError(
+          "insecure",
+          "Audio needs a secure page: open it over https (or on localhost).",
+        );
+      }
+      this.ready = Promise.all([
+        this.context.audioWorklet.addModule(new URL("./capture-worklet.js", import.meta.url)),
+        this.context.audioWorklet.addModule(new URL("./playback-worklet.js", import.meta.url)),
+      ]).then(() => this.createPlayback());
+    }
+    if (this.context.state !== "running") this.context.resume().catch(() => {});
+    return this.ready;
+  }
+
+  get unlocked() {
+    return this.context !== null;
+  }
+
+  /** The server's output rate changed (a new hello): rebuild the playback node if it differs. */
+  setOutputRate(rate) {
+    if (!rate || rate === this.outputRate) return;
+    this.outputRate = rate;
+    if (this.playback) {
+      this.playback.disconnect();
+      this.playback.port.onmessage = null;
+      this.createPlayback();
+    }
+  }
+
+  createPlayback() {
+    const node = new AudioWorkletNode(this.context, "voicechat-playback", {
+      numberOfInputs: 0,
+      numberOfOutputs: 1,
+      outputChannelCount: [1],
+      processorOptions: { inputRate: this.outputRate, prebufferMs: PREBUFFER_MS },
+    });
+    node.port.onmessage = (event) => this.onPlaybackMessage(event.data);
+    node.connect(this.context.destination);
+    this.playback = node;
+  }
+
+  onPlaybackMessage(msg) {
+    if (msg.type === "stats") {
+      this.playbackStats = msg.stats;
+    } else if (msg.type === "playing") {
+      this.playing = msg.value;
+      this.emit("playing", msg.value);
+    } else {
+      this.emit("playback", msg);
+    }
+  }
+
+  /** Open the microphone and start sending frames. Must follow unlock() in the same gesture. */
+  async startMic() {
+    if (!navigator.mediaDevices?.getUserMedia) {
+      throw new MicError(
+        "insecure",
+        "This page cannot use the microphone here. Open it over https (or on localhost), or type below.",
+      );
+    }
+    await this.ready;
+    let stream;
+    try {
+      stream = await navigator.mediaDevices.getUserMedia({
+        audio: { echoCancellation: true, noiseSuppression: true, autoGainControl: true, channelCount: 1 },
+      });
+    } catch (err) {
+      throw explainMicError(err);
+    }
+    if (this.context.state !== "running") await this.context.resume().catch(() => {});
+    this.stream = stream;
+    this.source = this.context.createMediaStreamSource(stream);
+    this.capture = new AudioWorkletNode(this.context, "voicechat-capture", {
+      numberOfInputs: 1,
+      numberOfOutputs: 1,
+      channelCount: 1,
+      channelCountMode: "explicit",
+      processorOptions: { frameMs: CAPTURE_FRAME_MS },
+    });
+    this.capture.port.onmessage = (event) => {
+      const msg = event.data;
+      if (msg.type === "frame") {
+        this.captureFrames++;
+        this.emit("frame", msg.pcm);
+      } else if (msg.type === "level") {
+        this.emit("level", msg);
+      }
+    };
+    // Some engines only run nodes that reach the destination: connect through a muted gain.
+    this.mute = this.context.createGain();
+    this.mute.gain.value = 0;
+    this.source.connect(this.capture).connect(this.mute).connect(this.context.destination);
+    for (const track of stream.getAudioTracks()) {
+      track.onended = () => this.emit("micended");
+    }
+  }
+
+  stopMic() {
+    if (this.stream) for (const track of this.stream.getTracks()) track.stop();
+    for (const node of [this.source, this.capture, this.mute]) node?.disconnect();
+    if (this.capture) this.capture.port.onmessage = null;
+    this.stream = this.source = this.capture = this.mute = null;
+    this.emit("level", { rms: 0, peak: 0 });
+  }
+
+  get micOn() {
+    return this.stream !== null;
+  }
+
+  // --- playback commands (no-ops until the context exists) -------------------------------------
+  chunk(turnId, seq, pcm) {
+    this.playback?.port.postMessage({ type: "chunk", turnId, seq, pcm }, [pcm.buffer]);
+  }
+
+  endTurn(turnId) {
+    this.playback?.port.postMessage({ type: "end", turnId });
+  }
+
+  stopTurn(turnId) {
+    this.playback?.port.postMessage({ type: "stop", turnId });
+  }
+
+  stopAll() {
+    this.playback?.port.postMessage({ type: "stopAll" });
+  }
+
+  resetPlayback() {
+    this.playback?.port.postMessage({ type: "reset" });
+  }
+
+  stats() {
+    return {
+      ...this.playbackStats,
+      contextRate: this.context?.sampleRate ?? null,
+      contextState: this.context?.state ?? "none",
+      micOn: this.micOn,
+      captureFrames: this.captureFrames,
+    };
+  }
+
+  emit(type, detail) {
+    this.dispatchEvent(new CustomEvent(type, { detail }));
+  }
+}
+
+function explainMicError(err) {
+  switch (err?.name) {
+    case "NotAllowedError":
+    case "PermissionDeniedError":
+    case "SecurityError":
+      return new MicError(
+        "denied",
+        "Microphone access is blocked. Allow it in your browser's site settings (the icon beside the address), then press Start again. You can type meanwhile.",
+      );
+    case "NotFoundError":
+    case "DevicesNotFoundError":
+    case "OverconstrainedError":
+      return new MicError("missing", "No microphone was found. Plug one in and press Start again, or type below.");
+    case "NotReadableError":
+    case "TrackStartError":
+    case "AbortError":
+      return new MicError(
+        "busy",
+        "The microphone could not be opened; another app may be using it. Close it and press Start again.",
+      );
+    default:
+      return new MicError("other", `The microphone could not be started (${err?.message || err}).`);
+  }
+}

@@ -1,0 +1,132 @@
+// The WebSocket to the server: hello handshake, JSON and audio frames in both directions, and
+// reconnection with exponential backoff (with jitter) whenever the socket drops.
+
+import { decodeAudioFrame, helloMessage } from "./protocol.js";
+
+const MAX_BUFFERED_BYTES = 256 * 1024; // ~8 s of 16 kHz audio; beyond that, drop frames, not memory
+const HELLO_TIMEOUT_MS = 10000;
+const BACKOFF_FIRST_MS = 500;
+const BACKOFF_MAX_MS = 10000;
+
+/**
+ * Events: "state" {state: connecting|open|reconnecting, attempt, delayMs, code},
+ * "hello" (the server's hello), "message" (every other JSON message), "audio" {turnId, seq, pcm}.
+ */
+export class Connection extends EventTarget {
+  constructor(url) {
+    super();
+    this.url = url;
+    this.socket = null;
+    this.ready = false; // hello received
+    this.attempt = 0;
+    this.retryTimer = 0;
+    this.helloTimer = 0;
+    this.stopped = false;
+    this.reconnects = 0; // hellos after the first
+    this.everOpened = false;
+    this.framesDropped = 0;
+  }
+
+  start() {
+    this.stopped = false;
+    this.open();
+  }
+
+  open() {
+    clearTimeout(this.retryTimer);
+    this.emit("state", { state: "connecting", attempt: this.attempt });
+    let socket;
+    try {
+      socket = new WebSocket(this.url);
+    } catch (err) {
+      this.scheduleRetry(0, String(err));
+      return;
+    }
+    socket.binaryType = "arraybuffer";
+    this.socket = socket;
+    socket.onopen = () => {
+      socket.send(JSON.stringify(helloMessage()));
+      this.helloTimer = setTimeout(() => socket.close(4000, "no hello"), HELLO_TIMEOUT_MS);
+    };
+    socket.onmessage = (event) => this.onMessage(event.data);
+    socket.onclose = (event) => {
+      if (this.socket !== socket) return;
+      clearTimeout(this.helloTimer);
+      this.socket = null;
+      this.ready = false;
+      if (!this.stopped) this.scheduleRetry(event.code, event.reason);
+    };
+    // Errors are always followed by close, which handles them.
+    socket.onerror = () => {};
+  }
+
+  onMessage(data) {
+    if (typeof data !== "string") {
+      const frame = decodeAudioFrame(data);
+      if (frame) this.emit("audio", frame);
+      return;
+    }
+    let msg;
+    try {
+      msg = JSON.parse(data);
+    } catch {
+      return; // the server only sends JSON; ignore anything else
+    }
+    if (!msg || typeof msg.type !== "string") return;
+    if (msg.type === "hello") {
+      clearTimeout(this.helloTimer);
+      this.ready = true;
+      if (this.everOpened) this.reconnects++;
+      this.everOpened = true;
+      this.attempt = 0;
+      this.emit("state", { state: "open" });
+      this.emit("hello", msg);
+      return;
+    }
+    this.emit("message", msg);
+  }
+
+  scheduleRetry(code, reason) {
+    const serverFull = code === 1013;
+    const base = Math.min(BACKOFF_MAX_MS, BACKOFF_FIRST_MS * 2 ** this.attempt);
+    const delayMs = Math.round(Math.max(serverFull ? 3000 : 0, base) * (0.75 + Math.random() * 0.5));
+    this.attempt++;
+    this.emit("state", { state: "reconnecting", attempt: this.attempt, delayMs, code, reason });
+    this.retryTimer = setTimeout(() => this.open(), delayMs);
+  }
+
+  /** Try again right away (the user pressed "retry now", or the network came back). */
+  retryNow() {
+    if (this.socket || this.stopped) return;
+    this.open();
+  }
+
+  send(message) {
+    if (!this.ready) return false;
+    this.socket.send(JSON.stringify(message));
+    return true;
+  }
+
+  sendBinary(frame) {
+    if (!this.ready) return false;
+    if (this.socket.bufferedAmount > MAX_BUFFERED_BYTES) {
+      this.framesDropped++;
+      return false;
+    }
+    this.socket.send(frame);
+    return true;
+  }
+
+  close() {
+    this.stopped = true;
+    clearTimeout(this.retryTimer);
+    clearTimeout(this.helloTimer);
+    if (this.socket) this.socket.close(1000);
+    this.socket = null;
+    this.ready = false;
+  }
+
+  emit(type, detail) {
+    this.dispatchEvent(new CustomEvent(type, { detail }));
+  }
+}
