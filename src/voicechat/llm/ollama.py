@@ -130,7 +130,9 @@ class OllamaLLM:
                 retryable=True,
             )
         if isinstance(exc, httpx.TimeoutException):
-            return LLMTimeout(f"{self._where} stopped sending in the middle of the reply")
+            return LLMTimeout(
+                f"{self._where} stopped answering (nothing for {self._settings.llm_first_token_timeout_s:g} s)"
+            )
         if isinstance(exc, httpx.TransportError):
             return LLMStreamError(f"the connection to {self._where} was cut mid-reply ({short(exc)})", retryable=True)
         if isinstance(exc, (json.JSONDecodeError, pydantic.ValidationError, TypeError, AttributeError)):

@@ -121,9 +121,11 @@ class OpenAILLM:
                 "Check VOICECHAT_MODEL, and that VOICECHAT_BASE_URL is the API root (usually ending in /v1).",
             )
         if isinstance(exc, openai.APITimeoutError):
-            if streaming:
-                return LLMTimeout(f"{self._where} stopped sending in the middle of the reply")
-            return LLMUnreachable(f"{self._where} did not answer (timed out)", retryable=True)
+            if type(exc.__cause__).__name__ == "ConnectTimeout":  # httpx or httpx2, by openai version
+                return LLMUnreachable(f"cannot reach {self._where} (connecting timed out)", retryable=True)
+            return LLMTimeout(
+                f"{self._where} stopped answering (nothing for {self._settings.llm_first_token_timeout_s:g} s)"
+            )
         if isinstance(exc, openai.APIConnectionError):
             if streaming:
                 return LLMStreamError(f"the connection to {self._where} was cut mid-reply", retryable=True)
