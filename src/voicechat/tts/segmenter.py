@@ -55,6 +55,8 @@ _DOTTED_MAY_END = frozenset({"a.m", "p.m"})
 _MARKER_TOKEN = re.compile(r"#{1,6}|>+|[-*+•]|\d{1,3}[.)]")
 
 _HEAD = 8  # longer than any marker token
+_LINE_BREAK = re.compile(r"[^\S\n]*\n")
+_ENDS_IN_LINE_BREAK = re.compile(r"\n[^\S\n]*\Z")
 _SPACE_RUN = re.compile(r"\s+")
 _TOKEN = re.compile(r"\S*")
 _BACKTICKS = re.compile(r"`+")
@@ -297,11 +299,11 @@ class Segmenter:
         return len(self._text(self._seg, end)) <= self._max_chars
 
     def _best_cut(self) -> int | None:
-        """The last sentence end, else the last clause break past half of max_chars, else the last
+        """The last sentence end, else the last clause break past a third of max_chars, else the last
         word break."""
         for kind in (_SENTENCE, _CLAUSE):
             for pos, k in reversed(self._cands):
-                if k == kind and (kind == _SENTENCE or len(self._text(self._seg, pos)) >= self._max_chars // 2):
+                if k == kind and (kind == _SENTENCE or len(self._text(self._seg, pos)) >= self._max_chars // 3):
                     return pos
         return self._cands[-1][0] if self._cands else None
 
@@ -320,6 +322,9 @@ class Segmenter:
         """End the current segment at ``end``; emit it if it holds anything speakable."""
         text = self._text(self._seg, end)
         if text:
+            at_line_end = _LINE_BREAK.match(self._buf, end) or _ENDS_IN_LINE_BREAK.search(self._buf, 0, end)
+            if at_line_end and not text.rstrip(_QUOTES).endswith(_LINE_ENDS):
+                text += "."  # as between lines inside a segment: a line break ends a phrase
             self._out.append(text)
             self._spans.append((self._span_start, self._offset + end))
             self._span_start = self._offset + end
@@ -380,6 +385,7 @@ _REPEATED_PUNCT = re.compile(r"([,;:.!?])(?:\s*[,;:])+")
 _LEADING_PUNCT = re.compile(r"^(?:[\s.,;:!?…—–)]|-(?!\d))+")
 _EMPTY_PARENS = re.compile(r"\(\s*\)")
 _LINE_ENDS = (".", "!", "?", ",", ";", ":", "…", "—")
+_QUOTES = "\"')”’"
 
 
 def speakable(text: str) -> str:
@@ -413,7 +419,7 @@ def _clean(text: str, line_start: bool) -> str:
             spoken.append(words)
     # A line break ends a phrase: give lines without closing punctuation a period between them.
     for k in range(len(spoken) - 1):
-        if not spoken[k].rstrip("\"')”’").endswith(_LINE_ENDS):
+        if not spoken[k].rstrip(_QUOTES).endswith(_LINE_ENDS):
             spoken[k] += "."
     return " ".join(spoken)
 
