@@ -322,7 +322,7 @@ class Segmenter:
         """End the current segment at ``end``; emit it if it holds anything speakable."""
         text = self._text(self._seg, end)
         if text:
-            at_line_end = _LINE_BREAK.match(self._buf, end) or _ENDS_IN_LINE_BREAK.search(self._buf, 0, end)
+            at_line_end = _LINE_BREAK.match(self._buf, end) or _ENDS_IN_LINE_BREAK.search(self._buf, self._seg, end)
             if at_line_end and not text.rstrip(_QUOTES).endswith(_LINE_ENDS):
                 text += "."  # as between lines inside a segment: a line break ends a phrase
             self._out.append(text)
