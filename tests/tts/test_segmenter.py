@@ -252,7 +252,9 @@ def test_later_segments_are_whole_sentences() -> None:
 
 def test_short_sentences_are_merged() -> None:
     segments = segment(["Sure! First sentence is here. Ok. Fine. Then a longer one follows here. End."])
-    assert segments == ["Sure!", "First sentence is here.", "Ok. Fine. Then a longer one follows here.", "End."]
+    assert segments == [
+        "Sure!", "First sentence is here.", "Ok. Fine. Then a longer one follows here.", "End."
+    ]
 
 
 def test_abbreviations_and_numbers_are_never_split() -> None:
@@ -350,7 +352,9 @@ def test_huge_token_is_cut_hard() -> None:
     assert "".join(segments).count("x") == 1000
 
 
-@pytest.mark.parametrize("text", ["", "   \n\n ", "🎉🎉 👍🏽", "...", "**\n---\n", "```\ncode only\n```", "#"])
+@pytest.mark.parametrize(
+    "text", ["", "   \n\n ", "🎉🎉 👍🏽", "...", "**\n---\n", "```\ncode only\n```", "#"]
+)
 def test_nothing_speakable_gives_nothing(text: str) -> None:
     segments = segment(list(text))
     if "code only" in text:
@@ -441,7 +445,9 @@ def test_property_replies_any_delta_boundaries(name: str, cuts: list[int]) -> No
     cuts=st.lists(st.integers(min_value=0), max_size=40),
     max_chars=st.sampled_from([40, 80, 300]),
 )
-def test_property_random_markdown_any_delta_boundaries(pieces: list[str], cuts: list[int], max_chars: int) -> None:
+def test_property_random_markdown_any_delta_boundaries(
+    pieces: list[str], cuts: list[int], max_chars: int
+) -> None:
     text = "".join(pieces)
     whole = segment([text], max_chars=max_chars)
     assert segment(split_at(text, cuts), max_chars=max_chars) == whole

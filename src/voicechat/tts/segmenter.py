@@ -301,10 +301,12 @@ class Segmenter:
     def _best_cut(self) -> int | None:
         """The last sentence end, else the last clause break past a third of max_chars, else the last
         word break."""
-        for kind in (_SENTENCE, _CLAUSE):
-            for pos, k in reversed(self._cands):
-                if k == kind and (kind == _SENTENCE or len(self._text(self._seg, pos)) >= self._max_chars // 3):
-                    return pos
+        for pos, kind in reversed(self._cands):
+            if kind == _SENTENCE:
+                return pos
+        for pos, kind in reversed(self._cands):
+            if kind == _CLAUSE and len(self._text(self._seg, pos)) >= self._max_chars // 3:
+                return pos
         return self._cands[-1][0] if self._cands else None
 
     def _hard_cut(self, i: int) -> int:
@@ -322,7 +324,9 @@ class Segmenter:
         """End the current segment at ``end``; emit it if it holds anything speakable."""
         text = self._text(self._seg, end)
         if text:
-            at_line_end = _LINE_BREAK.match(self._buf, end) or _ENDS_IN_LINE_BREAK.search(self._buf, self._seg, end)
+            at_line_end = _LINE_BREAK.match(self._buf, end) or _ENDS_IN_LINE_BREAK.search(
+                self._buf, self._seg, end
+            )
             if at_line_end and not text.rstrip(_QUOTES).endswith(_LINE_ENDS):
                 text += "."  # as between lines inside a segment: a line break ends a phrase
             self._out.append(text)
