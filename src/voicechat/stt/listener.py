@@ -40,7 +40,7 @@ SPEECH_THRESHOLD = 0.5  # a frame at or above this probability is voice (to star
 SILENCE_THRESHOLD = 0.35  # while speaking, a frame below this is silence (hysteresis against flicker)
 START_FRAMES = 3  # 96 ms of voice before a turn starts: a click or a tap on the mic does not
 RESUME_FRAMES = 2  # 64 ms of voice ends a pause
-PREROLL_S = 0.3  # audio kept from before the trigger: Silero fires after the first sound has begun
+PREROLL_S = 0.5  # audio kept from before the trigger: Silero fires late on soft onsets ("the")
 PARTIAL_EVERY_S = 0.4  # seconds of new voice between partial transcripts
 COMPLETE_THRESHOLD = 0.5  # Smart Turn probability above which a pause counts as the end of a turn
 
@@ -53,7 +53,7 @@ class SpeechEvent:
     time_s: float  # position in the conversation's audio stream (seconds since the first sample fed)
     text: str = ""  # partial / turn_probably_complete / turn_end: transcript so far / final ("" = no words)
     speech_s: float = 0.0  # seconds of voiced audio in the current turn so far
-    stt_ms: float | None = None  # turn_end: how long the final transcript was waited for after the decision
+    stt_ms: float | None = None  # turn_end: wall ms the event waited for models once the audio reached the decision
     end_of_speech_s: float | None = None  # turn_end / turn_probably_complete: where voiced audio ended
     forced: bool = False  # turn_end forced by max_utterance_s
 
@@ -108,6 +108,7 @@ class _Pause:
     smart: asyncio.Future[float]
     candidate: asyncio.Future[str]
     announced: bool = False  # turn_probably_complete sent for this pause
+    complete: bool | None = None  # the judgement, once both are in
 
 
 @dataclass
@@ -173,8 +174,10 @@ class Listener:
                 return events
             frames, probabilities = await asyncio.to_thread(self._vad_frames, pcm)
             for frame, probability in zip(frames, probabilities):
-                events.extend(await self._on_frame(frame, float(probability)))
+                caused = await self._on_frame(frame, float(probability))
+                # Partials that finished while this frame awaited a model came from earlier audio: first.
                 events.extend(self._take_ready())
+                events.extend(caused)
             return events
 
     async def poll(self) -> list[SpeechEvent]:
@@ -289,8 +292,9 @@ class Listener:
         if turn.pause is None:
             return []
         if silence >= policy.complete_wait_s - 1e-9:
+            decided_at = time.perf_counter()
             if await self._judge(turn, turn.pause):
-                return await self._end_turn(turn, now, forced=False)
+                return await self._end_turn(turn, now, forced=False, decided_at=decided_at)
             return []
         return self._announce_if_complete(turn)
 
@@ -299,7 +303,7 @@ class Listener:
         pause = turn.pause
         if pause is None or pause.announced or not (pause.smart.done() and pause.candidate.done()):
             return []
-        if not self._is_complete(self._result(pause.smart), self._text(pause.candidate, turn)):
+        if not self._judgement(turn, pause):
             return []
         pause.announced = turn.speculated = True
         return [
@@ -314,7 +318,12 @@ class Listener:
 
     async def _judge(self, turn: _Turn, pause: _Pause) -> bool:
         await asyncio.wait([pause.smart, pause.candidate])
-        return self._is_complete(self._result(pause.smart), self._text(pause.candidate, turn))
+        return self._judgement(turn, pause)
+
+    def _judgement(self, turn: _Turn, pause: _Pause) -> bool:
+        if pause.complete is None:
+            pause.complete = self._is_complete(self._result(pause.smart), self._text(pause.candidate, turn))
+        return pause.complete
 
     def _is_complete(self, smart: float | None, text: str) -> bool:
         if not text:
@@ -323,13 +332,17 @@ class Listener:
             return False
         return (smart is not None and smart >= COMPLETE_THRESHOLD) or text.rstrip().endswith("?")
 
-    async def _end_turn(self, turn: _Turn, now: float, *, forced: bool) -> list[SpeechEvent]:
+    async def _end_turn(
+        self, turn: _Turn, now: float, *, forced: bool, decided_at: float | None = None
+    ) -> list[SpeechEvent]:
+        """Emit turn_end. ``decided_at`` (perf_counter) is when the audio reached the decision, so stt_ms
+        counts all the waiting for models that held the event back."""
         turn.over = True  # from here on, late partials of this turn are dropped
         if turn.pause is not None and not forced:
             candidate = turn.pause.candidate  # covers all of the turn's speech: no voice since it started
         else:
             candidate = self._background(turn, self._models.transcriber.submit(turn.audio(), final=True))
-        waited_from = time.perf_counter()
+        waited_from = time.perf_counter() if decided_at is None else decided_at
         await asyncio.wait([candidate])
         stt_ms = (time.perf_counter() - waited_from) * 1000
         if self._turn is not turn:
