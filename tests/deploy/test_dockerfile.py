@@ -107,3 +107,11 @@ def test_build_context_builds_a_complete_wheel(tmp_path: Path) -> None:
     assert expected <= names, f"missing from the wheel: {sorted(expected - names)}"
     entry_points = next(name for name in names if name.endswith("entry_points.txt"))
     assert "voicechat = voicechat.cli:main" in wheel.read(entry_points).decode()
+
+
+def test_ld_library_path_points_at_the_cuda_wheels() -> None:
+    """CTranslate2 finds cuBLAS 12 and cuDNN 9 through LD_LIBRARY_PATH: those folders must be where the
+    torch wheels put them (checked in this venv, whose layout /opt/venv repeats)."""
+    folders = image_env(dockerfile())["LD_LIBRARY_PATH"].replace("/opt/venv", sys.prefix).split(":")
+    found = {library.name for folder in folders for library in Path(folder).glob("lib*.so*")}
+    assert "libcublas.so.12" in found and "libcudnn.so.9" in found, sorted(found)
