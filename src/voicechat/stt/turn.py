@@ -80,27 +80,29 @@ class TurnPolicy:
         return cls(probe_s=min(0.2, complete_wait), complete_wait_s=complete_wait, max_wait_s=1.6 * scale)
 
 
-# Words after which an English sentence almost never ends: articles, conjunctions, prepositions that
-# need an object, possessives, auxiliaries. A transcript ending in one of them means the speaker is
-# mid-sentence whatever the prosody says (espeak and tired humans both fall in pitch mid-sentence).
-_CONTINUATION_WORDS = frozenset(
-    """a an the and or but because so if than that which who whose whom when while although though
-    of to for with from into onto at by about like as in on my your his her our their its this these
-    those some any every no is are was were am be been being have has had do does did can could will
-    would shall should may might must not very really just um uh er""".split()
+# Words after which an English sentence does not end. Articles, conjunctions and possessives never do;
+# prepositions and auxiliaries can close a question ("Where are you from?", "Yes, I can!"), so they
+# count only without a question or exclamation mark. A transcript ending in one of them means the
+# speaker is mid-sentence whatever the prosody says (espeak and tired humans both fall in pitch there).
+_NEVER_LAST = frozenset(
+    """a an the and or but because so if than that whose my your his her our their its every no um uh er""".split()
+)
+_RARELY_LAST = frozenset(
+    """which who whom when while although though of to for with from into onto at by about like as in on
+    this these those some any is are was were am be been being have has had do does did can could will
+    would shall should may might must not very really just""".split()
 )
 _LAST_WORD = re.compile(r"([A-Za-z']+)\W*$")
 
 
 def text_says_incomplete(text: str, language: str) -> bool:
     """True when the transcript visibly stops mid-sentence (a trailing comma, dash or ellipsis, or a
-    continuation word). Only English has a word list; other languages rely on punctuation alone."""
+    continuation word). Only English has word lists; other languages rely on punctuation alone."""
     stripped = text.strip()
-    if not stripped:
-        return False
     if stripped.endswith((",", "-", "...", "…", ";", ":")):
         return True
-    if not language.startswith("en"):
-        return False
     match = _LAST_WORD.search(stripped)
-    return bool(match) and match.group(1).lower() in _CONTINUATION_WORDS and not stripped.endswith(("?", "!"))
+    if not match or not language.startswith("en"):
+        return False
+    word = match.group(1).lower()
+    return word in _NEVER_LAST or (word in _RARELY_LAST and not stripped.endswith(("?", "!")))

