@@ -124,7 +124,13 @@ def test_compose_accepts_the_files(project: Path) -> None:
         ]
     assert base["app"]["depends_on"]["ollama"]["condition"] == "service_healthy"
     assert base["app"]["ports"][0]["host_ip"] == "127.0.0.1" and base["app"]["ports"][0]["target"] == 8000
-    assert base["app"]["environment"] == {"VOICECHAT_PROVIDER": "ollama", "VOICECHAT_BASE_URL": "http://ollama:11434"}
+    assert base["app"]["environment"] == {
+        "VOICECHAT_PROVIDER": "ollama",
+        "VOICECHAT_BASE_URL": "http://ollama:11434",
+        "VOICECHAT_HOST": "0.0.0.0",
+        "VOICECHAT_PORT": "8000",
+        "VOICECHAT_VOICES_DIR": "/data/voices",
+    }
 
     cpu = merged(project, "-f", "docker-compose.yml", "-f", "docker-compose.cpu.yml", "--profile", "setup")
     services = cpu["services"]
@@ -137,10 +143,15 @@ def test_compose_accepts_the_files(project: Path) -> None:
 
 
 def test_dot_env_reaches_the_containers(project: Path) -> None:
-    (project / ".env").write_text("VOICECHAT_BASE_URL=http://llm.example:8080\nVOICECHAT_STT_MODEL=small.en\n")
+    (project / ".env").write_text(
+        "VOICECHAT_BASE_URL=http://llm.example:8080\nVOICECHAT_STT_MODEL=small.en\n"
+        "VOICECHAT_HOST=127.0.0.1\nVOICECHAT_PORT=9000\n"  # a .env written for running without Docker
+    )
     cpu = merged(project, "-f", "docker-compose.yml", "-f", "docker-compose.cpu.yml")["services"]["app"]
     assert cpu["environment"]["VOICECHAT_BASE_URL"] == "http://llm.example:8080"  # .env beats the defaults
     assert cpu["environment"]["VOICECHAT_STT_MODEL"] == "small.en"
+    # ... but not what must match the port mapping and the volumes
+    assert cpu["environment"]["VOICECHAT_HOST"] == "0.0.0.0" and cpu["environment"]["VOICECHAT_PORT"] == "8000"
 
 
 def test_compose_rejects_a_broken_file(project: Path) -> None:
