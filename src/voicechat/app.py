@@ -24,7 +24,7 @@ from voicechat.config import Settings
 from voicechat.llm import LLM, LLMError, create_llm
 from voicechat.metrics import Metrics
 from voicechat.session import Services, Session
-from voicechat.stt import SpeechModels
+from voicechat.stt.listener import SpeechModels
 from voicechat.tts.engine import TTSEngine, TTSError
 
 log = logging.getLogger(__name__)

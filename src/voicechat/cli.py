@@ -11,6 +11,8 @@ import importlib
 import logging
 import sys
 
+from pydantic import ValidationError
+
 # name -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
     "serve": ("voicechat.commands.serve", "run the voice chat web server"),
@@ -51,6 +53,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     try:
         return int(module.run(args) or 0)
+    except ValidationError as error:  # a bad setting from flags, environment or .env
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in error.errors(include_url=False))
+        print(f"voicechat: invalid setting: {problems}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         return 130
 

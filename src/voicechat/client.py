@@ -84,6 +84,11 @@ class VoiceChatClient:
                 if delay > 0:
                     await asyncio.sleep(delay)
 
+    async def report_played(self, turn_id: int) -> None:
+        """Tell the server the whole turn was played (what a browser says when its queue runs dry)."""
+        samples = sum(len(chunk.pcm) for chunk in self.audio.get(turn_id, []))
+        await self.send({"type": "tts_stop", "turn_id": turn_id, "played_samples": samples})
+
     # --- receiving -------------------------------------------------------------------------------
 
     async def _read(self) -> None:

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Annotated, Any, Literal, Union
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
 from voicechat.audio import AudioFormatError, pcm16_bytes_to_int16
 
@@ -78,8 +78,10 @@ class ClearHistory(_Message):
 
 
 class SetSpeed(_Message):
+    """Turn-taking speed 0-100. The original app's client sent it as ``speed``; ``content`` is accepted too."""
+
     type: Literal["set_speed"]
-    content: int = Field(ge=0, le=100)
+    speed: int = Field(ge=0, le=100, validation_alias=AliasChoices("speed", "content"))
 
 
 class SettingsPatch(BaseModel):

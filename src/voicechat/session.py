@@ -22,7 +22,7 @@ from voicechat.config import Settings
 from voicechat.llm import LLM, History
 from voicechat.metrics import Metrics
 from voicechat.reply import Reply
-from voicechat.stt import Listener, SpeechEvent, SpeechModels
+from voicechat.stt.listener import Listener, SpeechEvent, SpeechModels
 from voicechat.tts.engine import TTSEngine, TTSParams
 
 log = logging.getLogger(__name__)
@@ -465,7 +465,7 @@ class Session:
                     self.listener.reset()
                 await self.send_text(p.server_message("history_cleared"))
                 await self.set_state("listening")
-            case p.SetSpeed(content=speed):
+            case p.SetSpeed(speed=speed):
                 await self._apply_settings(p.SettingsPatch(speed=speed))
             case p.SetSettings(settings=patch):
                 await self._apply_settings(patch)

@@ -24,7 +24,7 @@ def test_every_client_message_type_parses() -> None:
         {"type": "tts_stop", "turn_id": 3, "played_samples": 24000},
         {"type": "playback", "turn_id": 3, "played_samples": 100},
         {"type": "clear_history"},
-        {"type": "set_speed", "content": 80},
+        {"type": "set_speed", "speed": 80},
         {"type": "set_settings", "settings": {"voice": "alice", "exaggeration": 0.7}},
         {"type": "text_message", "content": "hello there"},
         {"type": "interrupt"},
