@@ -37,6 +37,8 @@ const page = {
   chosen: {}, // what the user changed here: sent again after a reconnect
   voices: ["default"],
   stoppedTurns: new Set(), // turns dropped here; their late audio is ignored
+  lastTurn: -1, // highest turn id seen in this session
+  clearedUpTo: -1, // turns up to this id were wiped by Reset: late messages about them are ignored
   framesSent: 0,
   bytesSent: 0,
   audioWithoutContext: 0,
@@ -65,6 +67,7 @@ connection.addEventListener("hello", ({ detail: hello }) => {
   audio.setOutputRate(hello.output_sample_rate);
   audio.resetPlayback();
   page.stoppedTurns.clear();
+  page.lastTurn = page.clearedUpTo = -1;
   page.serverState = "listening";
   setVoices(hello.voices);
   applySettings(hello.settings);
@@ -73,6 +76,7 @@ connection.addEventListener("hello", ({ detail: hello }) => {
   if (Object.keys(rest).length > 0) send({ type: "set_settings", settings: rest });
   if (speed !== undefined) send({ type: "set_speed", content: speed });
   hideBanner("warn");
+  transcript.newSession();
   if (resumed) {
     transcript.note("Reconnected. The assistant starts a fresh memory from here.");
     toast("Reconnected");
@@ -83,6 +87,10 @@ connection.addEventListener("hello", ({ detail: hello }) => {
 
 connection.addEventListener("message", ({ detail: msg }) => {
   log(page.received, msg);
+  if (typeof msg.turn_id === "number") {
+    if (msg.turn_id <= page.clearedUpTo && msg.type !== "stop_tts") return;
+    page.lastTurn = Math.max(page.lastTurn, msg.turn_id);
+  }
   switch (msg.type) {
     case "status":
       page.serverState = msg.state; // "loading" comes before hello while the server loads its models
@@ -311,6 +319,7 @@ function autosize() {
 $("reset").addEventListener("click", () => {
   send({ type: "clear_history" });
   audio.stopAll();
+  page.clearedUpTo = page.lastTurn;
   transcript.clear();
   toast("Conversation cleared");
 });

@@ -73,8 +73,9 @@ export class Connection extends EventTarget {
       return; // the server only sends JSON; ignore anything else
     }
     if (!msg || typeof msg.type !== "string") return;
+    // Any message means the server is alive (it says "loading" while its models load): no timeout.
+    clearTimeout(this.helloTimer);
     if (msg.type === "hello") {
-      clearTimeout(this.helloTimer);
       this.ready = true;
       if (this.everOpened) this.reconnects++;
       this.everOpened = true;

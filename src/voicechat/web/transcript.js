@@ -181,6 +181,19 @@ export class Transcript {
   }
 
   // --- the whole ----------------------------------------------------------------------------------
+  /** A new server session: its turn ids start again, so forget the old ones (the bubbles stay). */
+  newSession() {
+    this.pruneWaiting();
+    for (const item of this.list.querySelectorAll("[data-turn]")) delete item.dataset.turn;
+    for (const { item } of this.typed) item.classList.remove("pending");
+    for (const item of this.assistant.values()) item.classList.remove("partial", "speaking");
+    this.liveUser?.classList.remove("partial");
+    this.liveUser = null;
+    this.typed = [];
+    this.assistant.clear();
+    this.pendingMetrics.clear();
+  }
+
   clear() {
     this.list.replaceChildren();
     this.liveUser = null;
