@@ -150,8 +150,8 @@ def split_for_speech(text: str) -> list[str]:
             carry = sentence
         else:
             pieces.append(sentence)
-    if carry:
-        pieces.append(carry)
+    if carry:  # a short last sentence joins the one before it
+        pieces[-1:] = [" ".join([*pieces[-1:], carry])]
     speakable = [piece for piece in pieces if any(char.isalnum() for char in piece)]
     if not speakable:
         raise BadSettingError("the text has nothing to say: it contains no letters or digits")

@@ -1,0 +1,89 @@
+"""Fixtures for the TTS tests: one tiny random-weight Chatterbox, one engine on it, two espeak voices."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from speech import espeak_wav
+from voicechat.config import Settings
+
+ALICE_TEXT = "The quick brown fox jumps over the lazy dog."
+BOB_TEXT = "She sells sea shells by the sea shore today."
+
+
+def tts_settings(checkpoint: Path, voices_dir: Path, **overrides: object) -> Settings:
+    values: dict[str, object] = dict(checkpoint=str(checkpoint), voices_dir=voices_dir, device="cpu",
+                                     voice=None, tts_warmup=False)
+    values.update(overrides)
+    return Settings(_env_file=None, **values)  # type: ignore[arg-type]
+
+
+@pytest.fixture(scope="session")
+def alice_wav() -> Path:
+    return espeak_wav(ALICE_TEXT, rate=24000, voice="en-us")
+
+
+@pytest.fixture(scope="session")
+def bob_wav() -> Path:
+    return espeak_wav(BOB_TEXT, rate=16000, voice="en-gb", words_per_minute=140)
+
+
+@pytest.fixture(scope="session")
+def voices_dir(tmp_path_factory: pytest.TempPathFactory, alice_wav: Path, bob_wav: Path) -> Path:
+    folder = tmp_path_factory.mktemp("voices")
+    shutil.copy(alice_wav, folder / "alice.wav")
+    shutil.copy(bob_wav, folder / "bob.wav")
+    return folder
+
+
+@pytest.fixture(scope="session")
+def chatterbox(tiny_checkpoint: Path):
+    """The tiny checkpoint loaded once through the real ChatterboxTTS.from_local."""
+    import torch
+
+    from voicechat.tts.checkpoint import load_chatterbox
+
+    # One intra-op thread: with two, OpenMP's spinning workers collapse as soon as anything else wants a
+    # core (measured: 20x slower T3 decoding while another test process was busy on a 2-core machine).
+    torch.set_num_threads(1)
+    return load_chatterbox(tiny_checkpoint, "cpu")
+
+
+@pytest.fixture(scope="session")
+def engine(chatterbox, tiny_checkpoint: Path, voices_dir: Path):
+    from voicechat.tts.engine import TTSEngine
+
+    engine = TTSEngine(chatterbox, tts_settings(tiny_checkpoint, voices_dir))
+    yield engine
+    engine.close()
+
+
+async def collect(stream) -> np.ndarray:
+    """Every chunk of a stream, joined."""
+    chunks = [chunk async for chunk in stream]
+    return np.concatenate(chunks) if chunks else np.zeros(0, dtype=np.int16)
+
+
+async def wait_until(predicate, timeout: float = 30.0) -> None:
+    """Wait (without blocking the loop) until ``predicate()`` is true; fail after ``timeout`` seconds."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not predicate():
+        assert loop.time() < deadline, "condition not reached in time"
+        await asyncio.sleep(0.02)
+
+
+@pytest.fixture(autouse=True)
+async def no_loop_exceptions():  # type: ignore[no-untyped-def]
+    """Fails a test if anything reached the event loop's exception handler."""
+    loop = asyncio.get_running_loop()
+    seen: list[dict[str, object]] = []
+    loop.set_exception_handler(lambda _loop, context: seen.append(context))
+    yield
+    await asyncio.sleep(0)
+    assert not seen, f"exceptions escaped into the event loop: {seen}"

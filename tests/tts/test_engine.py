@@ -1,0 +1,263 @@
+"""The TTS engine on a tiny random-weight Chatterbox: streaming, cancellation, voices, errors."""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import io
+import logging
+import wave
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import collect, tts_settings, wait_until
+from voicechat.audio import read_audio
+from voicechat.tts.engine import (
+    MAX_SEGMENT_CHARS,
+    BadSettingError,
+    TTSEngine,
+    TTSError,
+    TTSParams,
+    UnknownVoiceError,
+    VoiceError,
+    detect_device,
+    split_for_speech,
+)
+from voicechat.tts.scheduler import MAX_PENDING_CHUNKS
+
+TEXT = "Hello there, this is a short test."
+
+
+def wav_bytes(samples: np.ndarray, rate: int = 24000) -> bytes:
+    buffer = io.BytesIO()
+    with wave.open(buffer, "wb") as wav:
+        wav.setnchannels(1)
+        wav.setsampwidth(2)
+        wav.setframerate(rate)
+        wav.writeframes(samples.astype("<i2").tobytes())
+    return buffer.getvalue()
+
+
+async def test_stream_yields_int16_mono_pcm_at_24khz(engine: TTSEngine) -> None:
+    stream = engine.stream(TEXT, TTSParams(seed=1))
+    chunks = [chunk async for chunk in stream]
+    assert engine.sample_rate == 24000
+    assert len(chunks) >= 2, "25-token chunks of a ~2-3 s utterance"
+    for chunk in chunks:
+        assert chunk.dtype == np.int16 and chunk.ndim == 1 and len(chunk) > 0
+    audio = np.concatenate(chunks)
+    assert 0.5 < len(audio) / 24000 < 10
+    assert np.abs(audio).max() > 100, "not silence"
+    assert 0 < stream.first_chunk_s < 30
+    assert engine.active_streams == 0
+
+
+async def test_chunk_edges_fade_to_silence(engine: TTSEngine) -> None:
+    """Chatterbox fades each chunk in; the engine fades each one out, so boundaries do not click."""
+    chunks = [chunk async for chunk in engine.stream(TEXT, TTSParams(seed=2, chunk_size=10))]
+    assert len(chunks) >= 3
+    for chunk in chunks:  # (the watermark, added after Chatterbox's fade-in, leaves a tiny residue there)
+        quiet = max(4, 0.02 * int(np.abs(chunk).max()))
+        assert abs(int(chunk[0])) <= quiet and abs(int(chunk[-1])) <= quiet
+
+
+async def test_same_seed_same_audio_and_other_seed_other_audio(engine: TTSEngine) -> None:
+    first = await collect(engine.stream(TEXT, TTSParams(seed=5)))
+    again = await collect(engine.stream(TEXT, TTSParams(seed=5)))
+    other = await collect(engine.stream(TEXT, TTSParams(seed=6)))
+    assert np.array_equal(first, again)
+    assert not np.array_equal(first, other)
+
+
+async def test_cancel_mid_stream_stops_generation(engine: TTSEngine) -> None:
+    stream = engine.stream(TEXT + " " + TEXT, TTSParams(seed=3, chunk_size=5))
+    job = stream._job
+    await anext(stream)
+    await anext(stream)
+    stream.cancel()
+    stream.cancel()  # idempotent
+    await stream.aclose()
+    with pytest.raises(StopAsyncIteration):
+        await anext(stream)
+    assert engine.active_streams == 0
+    await wait_until(lambda: job.generator is None)  # the owner closed the generator (frees its KV cache)
+    # The engine carries on.
+    assert len(await collect(engine.stream(TEXT, TTSParams(seed=3)))) > 0
+
+
+async def test_context_manager_and_dropped_streams_are_cancelled(engine: TTSEngine) -> None:
+    async with engine.stream(TEXT, TTSParams(seed=4)) as stream:
+        await anext(stream)
+    assert engine.active_streams == 0
+    abandoned = engine.stream(TEXT, TTSParams(seed=4, chunk_size=5))
+    await anext(abandoned)
+    del abandoned
+    gc.collect()
+    assert engine.active_streams == 0
+
+
+async def test_long_text_is_spoken_sentence_by_sentence(engine: TTSEngine) -> None:
+    one = await collect(engine.stream("This is the first sentence here.", TTSParams(seed=8)))
+    two = await collect(engine.stream("This is the first sentence here. And here is a second one.", TTSParams(seed=8)))
+    # Two generate_stream calls, the first sampling exactly what the single sentence sampled.
+    assert np.array_equal(two[: len(one)], one)
+    assert len(two) > len(one) * 1.3
+
+
+def test_split_for_speech() -> None:
+    assert split_for_speech("Hello there. How are you? Fine!") == ["Hello there.", "How are you? Fine!"]
+    assert split_for_speech("Dr. Smith is here. Yes.") == ["Dr. Smith is here. Yes."]
+    pieces = split_for_speech(("word " * 900).strip())  # no punctuation at all, 4499 characters
+    assert all(len(piece) <= MAX_SEGMENT_CHARS for piece in pieces) and len(pieces) >= 15
+    assert " ".join(pieces) == ("word " * 900).strip()
+    clauses = split_for_speech(", ".join(["a clause of some words"] * 40) + ".")
+    assert all(piece.endswith((",", ".")) for piece in clauses)
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [("", "empty"), ("   \n ", "empty"), ("?!... --- !!!", "no letters or digits"), ("a" * 20_000, "too long")],
+)
+async def test_bad_text_is_refused_at_once(engine: TTSEngine, text: str, message: str) -> None:
+    with pytest.raises(BadSettingError, match=message) as caught:
+        engine.stream(text, TTSParams())
+    assert caught.value.code == "bad_setting"
+    assert engine.active_streams == 0
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"exaggeration": 3.0}, "exaggeration must be between 0.25 and 2"),
+        ({"cfg_weight": -0.1}, "cfg_weight must be between 0 and 1"),
+        ({"temperature": 0.0}, "temperature must be between"),
+        ({"temperature": float("nan")}, "temperature must be between"),
+        ({"chunk_size": 0}, "chunk_size must be between 1 and 200"),
+        ({"chunk_size": 2.5}, "chunk_size must be a whole number"),
+        ({"exaggeration": "high"}, "exaggeration must be a number"),
+        ({"voice": "../etc/passwd"}, "voice must be a voice name"),
+        ({"seed": -1}, "seed must be"),
+    ],
+)
+async def test_out_of_range_settings_are_refused(engine: TTSEngine, change: dict, message: str) -> None:
+    params = TTSParams(**change)
+    with pytest.raises(BadSettingError, match=message):
+        params.validate()
+    with pytest.raises(BadSettingError, match=message):
+        engine.stream(TEXT, params)
+
+
+async def test_unknown_voice(engine: TTSEngine) -> None:
+    with pytest.raises(UnknownVoiceError, match="unknown voice 'carol'; available: default, alice, bob") as caught:
+        engine.stream(TEXT, TTSParams(voice="carol"))
+    assert caught.value.code == "unknown_voice"
+
+
+def test_params_from_settings(tiny_checkpoint: Path, tmp_path: Path) -> None:
+    settings = tts_settings(tiny_checkpoint, tmp_path, exaggeration=0.7, temperature=0.6, chunk_size=10)
+    params = TTSParams.from_settings(settings, voice="alice")
+    assert params == TTSParams(voice="alice", exaggeration=0.7, cfg_weight=0.5, temperature=0.6, chunk_size=10)
+    params.validate()
+
+
+def test_device_detection() -> None:
+    assert detect_device("auto") in ("cuda", "mps", "cpu")
+    assert detect_device("cpu") == "cpu"
+    with pytest.raises(TTSError, match="unknown device"):
+        detect_device("tpu")
+
+
+async def test_add_voice_rejects_bad_recordings(engine: TTSEngine, tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    cases = [
+        (b"this is not audio at all", "not a readable audio file"),
+        (wav_bytes(np.zeros(24000 * 3, dtype=np.int16)), "silent"),
+        (wav_bytes((rng.standard_normal(24000 // 4) * 3000).astype(np.int16)), "too short"),
+        (wav_bytes((rng.standard_normal(24000 * 61) * 3000).astype(np.int16)), "too long"),
+    ]
+    for data, message in cases:
+        with pytest.raises(VoiceError, match=message):
+            await asyncio.to_thread(engine.add_voice, "broken", data)
+    with pytest.raises(BadSettingError, match="voice name"):
+        engine.add_voice("no/slashes", b"")
+    with pytest.raises(BadSettingError, match="voice name"):
+        engine.add_voice("default", b"")
+    assert "broken" not in engine.voices()
+
+
+async def test_add_voice_then_speak_with_it(engine: TTSEngine, alice_wav: Path, voices_dir: Path) -> None:
+    name = await asyncio.to_thread(engine.add_voice, "dave", alice_wav.read_bytes())
+    try:
+        assert name == "dave" and "dave" in engine.voices()
+        assert (voices_dir / "dave.wav").exists()
+        saved, rate = read_audio(voices_dir / "dave.wav")
+        assert rate == 24000 and abs(len(saved) - len(read_audio(alice_wav)[0])) == 0
+        dave = await collect(engine.stream(TEXT, TTSParams(voice="dave", seed=9)))
+        default = await collect(engine.stream(TEXT, TTSParams(seed=9)))
+        assert len(dave) > 0 and not np.array_equal(dave, default), "the new voice is used"
+    finally:
+        (voices_dir / "dave.wav").unlink()
+
+
+async def test_a_broken_voice_file_fails_its_stream_only(engine: TTSEngine, voices_dir: Path) -> None:
+    (voices_dir / "garbled.wav").write_bytes(b"RIFF....WAVEfmt garbage")
+    try:
+        stream = engine.stream(TEXT, TTSParams(voice="garbled"))
+        with pytest.raises(VoiceError, match="not a readable audio file"):
+            await collect(stream)
+        assert engine.active_streams == 0
+        assert len(await collect(engine.stream(TEXT, TTSParams(seed=1)))) > 0  # the owner thread lives on
+    finally:
+        (voices_dir / "garbled.wav").unlink()
+
+
+async def test_an_exception_inside_generation_reaches_the_consumer_as_tts_error(
+    engine: TTSEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real = engine._conditionals
+
+    def failing(voice: str, exaggeration: float):
+        if voice == "bob":
+            raise RuntimeError("simulated model failure")
+        return real(voice, exaggeration)
+
+    monkeypatch.setattr(engine, "_conditionals", failing)
+    with pytest.raises(TTSError, match="speech generation failed: simulated model failure"):
+        await collect(engine.stream(TEXT, TTSParams(voice="bob")))
+    assert len(await collect(engine.stream(TEXT, TTSParams(seed=1)))) > 0
+
+
+async def test_close_ends_running_streams(chatterbox, tiny_checkpoint: Path, voices_dir: Path) -> None:
+    other = TTSEngine(chatterbox, tts_settings(tiny_checkpoint, voices_dir))
+    stream = other.stream(TEXT, TTSParams(seed=1, chunk_size=5))
+    await anext(stream)
+    await asyncio.to_thread(other.close)
+    with pytest.raises(TTSError, match="shut down"):
+        await collect(stream)
+    with pytest.raises(TTSError, match="shut down"):
+        other.stream(TEXT, TTSParams())
+    other.close()  # idempotent
+
+
+def test_load_detects_device_warms_up_and_logs(tiny_checkpoint: Path, voices_dir: Path, alice_wav: Path,
+                                               caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="voicechat.tts.engine")
+    settings = tts_settings(tiny_checkpoint, voices_dir, device="auto", tts_warmup=True, voice=alice_wav)
+    engine = TTSEngine.load(settings)
+    try:
+        assert engine.device == "cpu"
+        assert engine.voices() == ["default", "alice", "bob"]
+        messages = " ".join(record.getMessage() for record in caplog.records)
+        assert "Chatterbox loaded in" in messages and "warm-up took" in messages
+        assert "voice 'default' prepared" in messages  # settings.voice became the default voice
+    finally:
+        engine.close()
+
+
+def test_load_errors_are_plain(tmp_path: Path, voices_dir: Path) -> None:
+    with pytest.raises(TTSError, match="does not exist"):
+        TTSEngine.load(tts_settings(tmp_path / "missing", voices_dir))
+    with pytest.raises(TTSError, match="no CUDA GPU"):
+        TTSEngine.load(tts_settings(tmp_path, voices_dir, device="cuda"))
