@@ -41,6 +41,11 @@ def test_spoken_turn_is_transcribed_answered_and_played(open_page, turn_wav):
         timeout=30_000,
     )
     stats = page.wait_stats("s.turnsCompleted >= 1", timeout_s=40)
+    # The indicator follows the server: back to listening once the reply has been played.
+    page.wait_for_function("document.getElementById('status').dataset.state === 'listening'", timeout=10_000)
+    assert page.text_content("#status-text") == "Listening"
+    states = [m["state"] for m in page.received("status")]
+    assert {"hearing", "thinking", "speaking"} <= set(states) and states[-1] == "listening", states
     # Uplink: 16 kHz frames of 32 ms with the 8-byte header, in real time.
     assert stats["framesSent"] > 50
     assert stats["bytesSent"] == stats["framesSent"] * FRAME_BYTES

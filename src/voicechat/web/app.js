@@ -51,6 +51,7 @@ const page = {
 connection.addEventListener("state", ({ detail }) => {
   page.connection = detail.state;
   if (detail.state === "reconnecting") {
+    page.serverState = "connecting";
     audio.resetPlayback(); // turn ids of the old session mean nothing to the next one
     page.stoppedTurns.clear();
     transcript.pruneWaiting();
@@ -281,6 +282,7 @@ function interruptReply() {
 }
 
 function isAssistantActive() {
+  if (!connection.ready) return false;
   return audio.playing || page.serverState === "thinking" || page.serverState === "speaking";
 }
 
