@@ -173,12 +173,15 @@ def test_policy_scales_with_speed() -> None:
     [
         ("I would like to order a", True),
         ("Could you recommend a?", True),  # an article never ends a sentence, question mark or not
-        ("Can you remind me to?", False),  # a preposition can ("Where are you from?"): left to Smart Turn
+        ("Can you translate good morning into?", True),  # Whisper's question mark does not save it
+        ("Where are you from?", True),  # the rare real one just waits the longer pause
+        ("Which one?", False),
+        ("I want this one, which", True),
         ("so I went there and...", True),
         ("Well, I think,", True),
         ("What time is it?", False),
         ("I like dogs.", False),
-        ("Who are you talking to?", False),
+        ("Yes, I do.", False),
         ("", False),
     ],
 )

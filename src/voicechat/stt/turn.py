@@ -80,24 +80,25 @@ class TurnPolicy:
         return cls(probe_s=min(0.2, complete_wait), complete_wait_s=complete_wait, max_wait_s=1.6 * scale)
 
 
-# Words after which an English sentence does not end. Articles, conjunctions and possessives never do;
-# prepositions and auxiliaries can close a question ("Where are you from?", "Yes, I can!"), so they
-# count only without a question or exclamation mark. A transcript ending in one of them means the
-# speaker is mid-sentence whatever the prosody says (espeak and tired humans both fall in pitch there).
+# Words after which an English sentence does not end. Articles, conjunctions, possessives and
+# prepositions practically never do, even when Whisper, hearing a rising voice, writes a question mark
+# ("Can you translate this into?"): the rare real one ("Where are you from?") only waits the longer
+# pause, which costs far less than cutting the speaker off. Words in the second list can close a
+# question or exclamation, so they count only without "?" or "!". A transcript ending in one of these
+# means the speaker is mid-sentence whatever the prosody says (espeak and tired humans both fall in
+# pitch there).
 _NEVER_LAST = frozenset(
-    """a an the and or but because so if than that whose my your his her our their its every no um uh er""".split()
+    """a an the and or but because if than whose my your his her our their its every nor
+    of to for with from into onto at by about like as in on through towards toward between without
+    um uh er""".split()
 )
-_RARELY_LAST = frozenset(
-    """which who whom when while although though of to for with from into onto at by about like as in on
-    this these those some any is are was were am be been being have has had do does did can could will
-    would shall should may might must not very really just""".split()
-)
+_RARELY_LAST = frozenset("which who whom when while although though very really just".split())
 _LAST_WORD = re.compile(r"([A-Za-z']+)\W*$")
 
 
 def text_says_incomplete(text: str, language: str) -> bool:
     """True when the transcript visibly stops mid-sentence (a trailing comma, dash or ellipsis, or a
-    continuation word). Only English has word lists; other languages rely on punctuation alone."""
+    word a sentence does not end on). Only English has word lists; other languages rely on punctuation."""
     stripped = text.strip()
     if stripped.endswith((",", "-", "...", "…", ";", ":")):
         return True
