@@ -46,11 +46,11 @@ class PlaybackProcessor extends AudioWorkletProcessor {
     this.sinceStats = 0;
     this.statsDirty = false;
     this.playingFlag = false;
+    this.playedBefore = 0; // server-rate samples played of the turns already finished
     this.stats = {
       chunksReceived: 0,
       chunksDropped: 0,
       samplesReceived: 0,
-      samplesPlayed: 0, // server-rate samples sent to the speaker, all turns
       turnsStarted: 0,
       turnsCompleted: 0,
       turnsDropped: 0,
@@ -74,6 +74,7 @@ class PlaybackProcessor extends AudioWorkletProcessor {
         for (const turn of [...this.turns]) this.stop(turn.id);
         return;
       case "reset": // a new session: old turn ids mean nothing any more
+        for (const turn of this.turns) this.playedBefore += this.played(turn);
         this.turns = [];
         this.stopped.clear();
         this.stoppedOrder = [];
@@ -146,13 +147,9 @@ class PlaybackProcessor extends AudioWorkletProcessor {
     const done = reason === "done";
     if (done) this.stats.turnsCompleted++;
     else if (turn.received > 0) this.stats.turnsDropped++;
-    this.port.postMessage({
-      type: "stop",
-      turnId: turn.id,
-      reason,
-      started: turn.started,
-      played: done ? turn.received : this.played(turn),
-    });
+    const played = done ? turn.received : this.played(turn);
+    this.playedBefore += played;
+    this.port.postMessage({ type: "stop", turnId: turn.id, reason, started: turn.started, played });
     if (this.turns.length === 0 || !this.turns[0].playing) this.setPlaying(false);
     this.postStats();
   }
@@ -226,7 +223,7 @@ class PlaybackProcessor extends AudioWorkletProcessor {
       this.fill(turn, size);
       const n = this.drain(out);
       for (let i = 0; i < n; i++) out[i] *= 1 - (i + 1) / n;
-      this.account(turn, n);
+      turn.output += n;
       this.finish(turn, "stopped");
       return;
     }
@@ -251,7 +248,7 @@ class PlaybackProcessor extends AudioWorkletProcessor {
       for (let i = 0; i < ramp; i++) out[i] *= (i + 1) / ramp;
       turn.fadeIn = false;
     }
-    this.account(turn, n);
+    turn.output += n;
 
     if (n < size) {
       if (turn.ended && turn.queued === 0 && turn.flushed) {
@@ -271,11 +268,6 @@ class PlaybackProcessor extends AudioWorkletProcessor {
     }
   }
 
-  account(turn, n) {
-    turn.output += n;
-    this.stats.samplesPlayed += n * this.toInput;
-  }
-
   postStats() {
     this.sinceStats = 0;
     this.statsDirty = false;
@@ -286,7 +278,7 @@ class PlaybackProcessor extends AudioWorkletProcessor {
       type: "stats",
       stats: {
         ...this.stats,
-        samplesPlayed: Math.round(this.stats.samplesPlayed),
+        samplesPlayed: this.playedBefore + (current ? this.played(current) : 0), // server-rate samples
         playing: this.playingFlag,
         currentTurn: current ? current.id : null,
         queuedMs: Math.round((queued / this.inRate) * 1000),
