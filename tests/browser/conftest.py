@@ -106,10 +106,10 @@ def playwright_driver() -> Iterator[object]:
 
 @pytest.fixture
 def open_page(playwright_driver: object, web_server: WebServer) -> Iterator[Callable[..., Page]]:
-    """open_page(wav=None, viewport=DESKTOP, dark=False) -> a loaded, connected page."""
+    """open_page(wav=None, viewport=DESKTOP, dark=False, mic=True) -> a loaded, connected page."""
     browsers = []
 
-    def open_(wav: Path | None = None, viewport: dict = DESKTOP, dark: bool = False) -> Page:
+    def open_(wav: Path | None = None, viewport: dict = DESKTOP, dark: bool = False, mic: bool = True) -> Page:
         args = [
             "--no-sandbox",
             "--disable-gpu",
@@ -117,10 +117,11 @@ def open_page(playwright_driver: object, web_server: WebServer) -> Iterator[Call
             "--disable-component-update",
             "--disable-sync",
             "--no-first-run",
-            "--use-fake-ui-for-media-stream",
             "--use-fake-device-for-media-stream",
             "--autoplay-policy=no-user-gesture-required",
         ]
+        if mic:  # otherwise the permission prompt is refused, as when a user says no
+            args.append("--use-fake-ui-for-media-stream")
         if wav is not None:
             args.append(f"--use-file-for-fake-audio-capture={wav}%noloop")
         browser = playwright_driver.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=args)
@@ -131,7 +132,7 @@ def open_page(playwright_driver: object, web_server: WebServer) -> Iterator[Call
             color_scheme="dark" if dark else "light",
             is_mobile=phone,
             has_touch=phone,
-            permissions=["microphone", "clipboard-read", "clipboard-write"],
+            permissions=["clipboard-read", "clipboard-write"] + (["microphone"] if mic else []),
         )
         page = context.new_page()
         errors: list[str] = []

@@ -25,7 +25,31 @@ def test_page_loads_without_console_errors(open_page):
         hello = page.stats()
         assert hello["connected"] and hello["sessionId"]
         page.screenshot_as(f"{name}-empty")
+        if viewport is PHONE:  # settings are a sheet on phones: opened by a button, closed by Escape
+            assert page.is_hidden("#settings")
+            page.click("#settings-toggle")
+            page.wait_for_timeout(300)
+            assert page.is_visible("#voice") and page.get_attribute("#settings-toggle", "aria-expanded") == "true"
+            page.screenshot_as("phone-settings")
+            page.keyboard.press("Escape")
+            page.wait_for_function("getComputedStyle(document.getElementById('settings')).visibility === 'hidden'")
         assert page.console_errors == []
+
+
+def test_denied_microphone_explains_and_typing_still_works(open_page):
+    page = open_page(mic=False)
+    page.click("#mic")
+    page.wait_for_selector("#banner:not([hidden])")
+    assert "Microphone access is blocked" in page.text_content("#banner-text")
+    assert page.get_attribute("#mic", "aria-pressed") == "false"
+    assert page.evaluate("document.activeElement.id") == "text"  # straight to the text box
+    page.keyboard.type("Can you hear me?")
+    page.keyboard.press("Enter")
+    page.wait_for_function(
+        f"[...document.querySelectorAll('#transcript .msg.assistant .text')].some(t => t.textContent === {SHORT_REPLY!r})",
+        timeout=30_000,
+    )
+    page.screenshot_as("desktop-mic-denied")
 
 
 def test_spoken_turn_is_transcribed_answered_and_played(open_page, turn_wav):

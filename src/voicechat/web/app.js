@@ -218,7 +218,7 @@ audio.addEventListener("playback", ({ detail: event }) => {
 audio.addEventListener("playing", render);
 audio.addEventListener("micended", () => {
   stopMic();
-  showBanner("The microphone was disconnected. Press Start to use it again.", "warn", false);
+  showBanner("The microphone was disconnected. Press the microphone button to use it again.", "warn", false);
 });
 
 /** First tap or key press anywhere: make the page able to play sound (iOS Safari rules). */

@@ -197,18 +197,18 @@ function explainMicError(err) {
     case "SecurityError":
       return new MicError(
         "denied",
-        "Microphone access is blocked. Allow it in your browser's site settings (the icon beside the address), then press Start again. You can type meanwhile.",
+        "Microphone access is blocked. Allow it in your browser's site settings (the icon beside the address), then press the microphone button again. You can type meanwhile.",
       );
     case "NotFoundError":
     case "DevicesNotFoundError":
     case "OverconstrainedError":
-      return new MicError("missing", "No microphone was found. Plug one in and press Start again, or type below.");
+      return new MicError("missing", "No microphone was found. Plug one in and press the microphone button again, or type below.");
     case "NotReadableError":
     case "TrackStartError":
     case "AbortError":
       return new MicError(
         "busy",
-        "The microphone could not be opened; another app may be using it. Close it and press Start again.",
+        "The microphone could not be opened; another app may be using it. Close it and try the microphone button again.",
       );
     default:
       return new MicError("other", `The microphone could not be started (${err?.message || err}).`);
