@@ -96,7 +96,10 @@ connection.addEventListener("message", ({ detail: msg }) => {
     case "status":
       page.serverState = msg.state; // "loading" comes before hello while the server loads its models
       if (msg.state === "interrupted") page.interruptedUntil = performance.now() + 1200;
-      if (msg.state === "listening") transcript.pruneWaiting();
+      if (msg.state === "listening") {
+        transcript.pruneWaiting();
+        transcript.dropLiveUser();
+      }
       break;
     case "partial_user_request":
       transcript.userPartial(msg.content);

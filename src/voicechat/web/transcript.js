@@ -30,6 +30,14 @@ export class Transcript {
     this.setText(this.liveUser, text);
   }
 
+  /** The user's speech came to nothing (a cough, noise): its live bubble goes away. */
+  dropLiveUser() {
+    if (!this.liveUser) return;
+    this.liveUser.remove();
+    this.liveUser = null;
+    this.updateEmpty();
+  }
+
   /** A message the user typed: shown at once, confirmed by the server's final_user_request. */
   userTyped(text) {
     const item = this.add("user", false);
@@ -127,7 +135,7 @@ export class Transcript {
     if (stages.length === 0 && total === null) return;
     const sum = stages.reduce((acc, stage) => acc + stage.value, 0);
     if (total !== null && total > sum) {
-      stages.push({ label: "Queue, segmenting, sending", value: total - sum, index: 4 });
+      stages.push({ label: "Queue and sending", value: total - sum, index: 4 });
     }
     const scale = Math.max(total ?? 0, sum, 1);
 
@@ -157,16 +165,18 @@ export class Transcript {
     if (total !== null) {
       const term = document.createElement("dt");
       term.className = "total";
-      term.textContent = "First audio, end to end";
+      term.textContent = "First audio, in all";
       const data = document.createElement("dd");
       data.className = "total";
       data.textContent = formatMs(total);
       rows.append(term, data);
     }
     details.append(summary, bar, rows);
+    const stick = this.nearBottom();
     const meta = item.querySelector(".meta");
     meta.querySelector(".timeline")?.remove();
     meta.append(details);
+    this.scroll(stick);
   }
 
   // --- notes (errors, "conversation cleared") ---------------------------------------------------
