@@ -499,6 +499,7 @@ function voiceNameFrom(text) {
     .trim()
     .replace(/\s+/g, "-")
     .replace(/[^A-Za-z0-9_-]/g, "")
+    .replace(/^[-_]+/, "") // the server wants a letter or digit first
     .slice(0, 40);
 }
 
