@@ -422,7 +422,13 @@ class Session:
 
     async def interrupt(self, *, barge_in: bool) -> None:
         """Cancel the assistant's turn: LLM, TTS and the client's playback of it; keep what was heard."""
-        reply = self.reply if self.reply is not None and self.reply.confirmed else self._unclosed
+        if self.reply is not None and self.reply.confirmed:
+            reply = self.reply
+        elif self._assistant_active():
+            reply = self._unclosed  # generated in full, still playing
+        else:
+            reply = None
+            self._close_unclosed()  # played in full: nothing to stop
         if self.reply is not None:
             await self.reply.cancel()
             self.reply = None
