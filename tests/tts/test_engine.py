@@ -108,7 +108,8 @@ async def test_long_text_is_spoken_sentence_by_sentence(engine: TTSEngine) -> No
 
 def test_split_for_speech() -> None:
     assert split_for_speech("Hello there. How are you? Fine!") == ["Hello there.", "How are you? Fine!"]
-    assert split_for_speech("Dr. Smith is here. Yes.") == ["Dr. Smith is here. Yes."]
+    assert split_for_speech("Dr. Smith is here, e.g. at 3.5 p.m. today.") == ["Dr. Smith is here, e.g. at 3.5 p.m. today."]
+    assert split_for_speech("**Hello** there 👋") == ["Hello there"]  # markdown and emoji are not read
     pieces = split_for_speech(("word " * 900).strip())  # no punctuation at all, 4499 characters
     assert all(len(piece) <= MAX_SEGMENT_CHARS for piece in pieces) and len(pieces) >= 15
     assert " ".join(pieces) == ("word " * 900).strip()

@@ -32,6 +32,7 @@ import torch
 
 from voicechat.audio import AudioFormatError, float32_to_int16, read_audio, write_wav
 from voicechat.tts.scheduler import Job, StreamRng, next_job
+from voicechat.tts.segmenter import Segmenter
 
 if TYPE_CHECKING:
     from chatterbox.tts import ChatterboxTTS, Conditionals
@@ -43,13 +44,11 @@ logger = logging.getLogger(__name__)
 SAMPLE_RATE = 24_000
 MAX_TEXT_CHARS = 5_000  # about five minutes of speech in one request
 MAX_SEGMENT_CHARS = 300  # about 20 s of speech: far below generate_stream's 1000-token (40 s) cap
-MIN_SEGMENT_CHARS = 12  # shorter sentences ("Dr.", "Yes.") join the next one
 VOICE_MIN_S, VOICE_MAX_S = 1.0, 60.0
 FADE_OUT_S = 0.01  # each chunk ends in a 10 ms fade: Chatterbox fades every chunk in, but not out
 CONDITIONALS_CACHE = 64  # (voice, exaggeration) pairs kept
 DEFAULT_VOICE = "default"
 _VOICE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
-_SENTENCE_BREAK = re.compile(r"(?<=[.!?…])\s+")
 _FADE_OUT = ((1 + np.cos(np.linspace(0, np.pi, int(FADE_OUT_S * SAMPLE_RATE)))) / 2).astype(np.float32)
 
 
@@ -128,34 +127,23 @@ class TTSParams:
 
 
 def split_for_speech(text: str) -> list[str]:
-    """Text -> the pieces spoken by one ``generate_stream`` call each: sentences, long ones cut at
-    clause or word breaks. Raises BadSettingError for empty, unspeakable or too-long text."""
+    """Text -> the pieces spoken by one ``generate_stream`` call each: whole sentences (cut at clause or
+    word breaks when longer than MAX_SEGMENT_CHARS), cleaned of markdown, emoji and code by the
+    Segmenter. Raises BadSettingError for empty, unspeakable or too-long text.
+
+    No quick short first piece here: callers that want one (the reply pipeline) segment the text
+    themselves and send each segment as its own stream."""
     if not isinstance(text, str) or not text.strip():
         raise BadSettingError("the text is empty: there is nothing to say")
     if len(text) > MAX_TEXT_CHARS:
         raise BadSettingError(f"the text is too long: {len(text)} characters, at most {MAX_TEXT_CHARS} per request")
-    pieces: list[str] = []
-    carry = ""
-    for sentence in _SENTENCE_BREAK.split(" ".join(text.split())):
-        sentence = f"{carry} {sentence}".strip()
-        carry = ""
-        while len(sentence) > MAX_SEGMENT_CHARS:
-            head = sentence[:MAX_SEGMENT_CHARS]
-            cut = max(head.rfind(", "), head.rfind("; "), head.rfind(": "))
-            cut = cut + 1 if cut > MAX_SEGMENT_CHARS // 3 else head.rfind(" ")
-            cut = cut if cut > 0 else MAX_SEGMENT_CHARS
-            pieces.append(sentence[:cut].strip())
-            sentence = sentence[cut:].strip()
-        if len(sentence) < MIN_SEGMENT_CHARS:
-            carry = sentence
-        else:
-            pieces.append(sentence)
-    if carry:  # a short last sentence joins the one before it
-        pieces[-1:] = [" ".join([*pieces[-1:], carry])]
-    speakable = [piece for piece in pieces if any(char.isalnum() for char in piece)]
-    if not speakable:
+    whole_sentences = 10**9  # first-segment word limits that never cut a first sentence short
+    segmenter = Segmenter(first_segment_min_words=whole_sentences, first_segment_max_words=whole_sentences,
+                          max_chars=MAX_SEGMENT_CHARS)
+    pieces = segmenter.push(text) + segmenter.flush()
+    if not pieces:
         raise BadSettingError("the text has nothing to say: it contains no letters or digits")
-    return speakable
+    return pieces
 
 
 def detect_device(requested: str = "auto") -> str:
