@@ -223,11 +223,11 @@ async def main() -> int:
     print("| policy | premature cut-offs | delay median | delay p95 | wall delay median | STT wait after decision median / p95 | turn_probably_complete before end | premature vs baseline |")
     print("|---|---|---|---|---|---|---|---|")
     for name, r in rows:
-        ratio = r["premature"] / base["premature"] if base["premature"] else float("nan")
+        ratio = f"{r['premature'] / base['premature']:.2f}x" if base["premature"] else "-"
         wall = f"{r['wall_median']:.0f} ms" if args.realtime else "n/a (fed fast)"
         print(
             f"| {name} | {r['premature']:.1f}% | {r['delay_median']:.0f} ms | {r['delay_p95']:.0f} ms | "
-            f"{wall} | {r['stt_median']:.0f} / {r['stt_p95']:.0f} ms | {r['hints']} | {ratio:.2f}x |"
+            f"{wall} | {r['stt_median']:.0f} / {r['stt_p95']:.0f} ms | {r['hints']} | {ratio} |"
         )
     if any(r["missed"] for _, r in rows):
         print("missed ends:", {name: r["missed"] for name, r in rows})
