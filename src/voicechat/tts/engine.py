@@ -318,15 +318,22 @@ class TTSEngine:
         logger.info("Chatterbox loaded in %.2f s", time.perf_counter() - started)
         engine = cls(tts, settings)
         try:
-            engine._on_owner(lambda: engine._conditionals(DEFAULT_VOICE, settings.exaggeration))
+            params = TTSParams.from_settings(settings)
             if settings.tts_warmup:
                 started = time.perf_counter()
-                engine._on_owner(lambda: engine._warm_up(TTSParams.from_settings(settings)))
+                engine.warm_up(params)
                 logger.info("TTS warm-up took %.2f s", time.perf_counter() - started)
+            else:  # still prepare the default voice now: a bad VOICECHAT_VOICE fails at start, not later
+                engine._on_owner(lambda: engine._conditionals(DEFAULT_VOICE, params.exaggeration))
         except BaseException:
             engine.close()
             raise
         return engine
+
+    def warm_up(self, params: TTSParams) -> None:
+        """Generate the first chunk of a short sentence in the default voice and discard it (blocking),
+        so that the first real request does not pay for lazy initialisation and the voice's preparation."""
+        self._on_owner(lambda: self._warm_up(params))
 
     # --- Public API ---------------------------------------------------------------------------
 
