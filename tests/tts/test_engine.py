@@ -25,7 +25,6 @@ from voicechat.tts.engine import (
     detect_device,
     split_for_speech,
 )
-from voicechat.tts.scheduler import MAX_PENDING_CHUNKS
 
 TEXT = "Hello there, this is a short test."
 
