@@ -96,8 +96,10 @@ def short_reply(fake_llm: FakeLLM) -> None:
     fake_llm.set_scripts(Script(reply=SHORT_REPLY, token_delay=0.01))
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def playwright_driver() -> Iterator[object]:
+    # Module scope, not session: Playwright's sync API keeps an asyncio loop running on this thread
+    # while it lives, and the asyncio tests that follow the browser tests need the thread free.
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as driver:
