@@ -33,9 +33,9 @@ def int16_to_float32(samples: np.ndarray) -> np.ndarray:
 
 
 def float32_to_int16(samples: np.ndarray) -> np.ndarray:
-    """Float audio in [-1, 1] to int16, clipping anything outside instead of wrapping around."""
-    scaled = np.clip(np.asarray(samples, dtype=np.float32), -1.0, 1.0) * 32767.0
-    return np.rint(scaled).astype(np.int16)
+    """Float audio in [-1, 1] to int16 (the inverse of int16_to_float32), clipping instead of wrapping."""
+    scaled = np.rint(np.asarray(samples, dtype=np.float32) * INT16_SCALE)
+    return np.clip(scaled, -32768, 32767).astype(np.int16)
 
 
 def resample(samples: np.ndarray, from_rate: int, to_rate: int) -> np.ndarray:

@@ -42,7 +42,10 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     parser = build_parser()
     # First pass: find the command, then let its module declare its arguments and parse again.
-    known, _ = parser.parse_known_args(argv)
+    if not any(arg in COMMANDS for arg in argv):
+        parser.parse_args(argv)  # top-level --help, or the "no command" error; both exit
+    # (-h is held back from this pass, or it would print the help before the command's options exist.)
+    known, _ = parser.parse_known_args([arg for arg in argv if arg not in ("-h", "--help")])
     module = importlib.import_module(known._module)
     sub_action = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
     module.add_arguments(sub_action.choices[known.command])

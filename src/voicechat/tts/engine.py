@@ -19,6 +19,7 @@ import math
 import re
 import secrets
 import threading
+import os
 import time
 import weakref
 from collections import OrderedDict, deque
@@ -306,6 +307,10 @@ class TTSEngine:
         from voicechat.tts.checkpoint import CheckpointError, load_chatterbox
 
         device = detect_device(settings.device)
+        if device == "cpu":
+            # Speech input shares the CPU; with every core, T3 decoding oversubscribes them and runs
+            # many times slower (measured 20x on 2 busy cores). Half the cores for TTS.
+            torch.set_num_threads(max(1, (os.cpu_count() or 2) // 2))
         source = settings.checkpoint or "the Hugging Face hub (ResembleAI/chatterbox)"
         logger.info("loading Chatterbox from %s on %s", source, device)
         started = time.perf_counter()
