@@ -116,10 +116,12 @@ def main() -> int:
         checkpoint=checkpoint,
         stt_model=Path(stt_model),
         llm_url=fake.url,
-        env={"VOICECHAT_MAX_SESSIONS": str(max(args.concurrency))},
+        env={"VOICECHAT_MAX_SESSIONS": str(2 * max(args.concurrency))},
     ) as server:
         for level in args.concurrency:
-            print(f"running {args.turns} turns with {level} concurrent conversation(s)...", flush=True)
+            open_sessions = server.metric("voicechat_sessions_active")
+            print(f"running {args.turns} turns with {level} concurrent conversation(s) "
+                  f"({open_sessions:.0f} sessions still open from before)...", flush=True)
             table[level] = asyncio.run(run_level(server.ws_url, level, args.turns))
 
     baseline = percentile([t["v2v"] for t in table[args.concurrency[0]]], 50)
