@@ -12,7 +12,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from voicechat.llm import LLM, LLMError
 from voicechat.metrics import Metrics
@@ -35,14 +35,9 @@ class SpokenSegment:
 
 @dataclass
 class TurnTimes:
-    """Monotonic timestamps of one reply's milestones (None until they happen)."""
+    """What a reply measured for its turn_metrics (None until it happens)."""
 
-    started: float = field(default_factory=time.monotonic)
-    confirmed: float | None = None
-    first_token: float | None = None
-    first_segment: float | None = None
-    first_chunk: float | None = None
-    first_audio_sent: float | None = None
+    first_audio_sent: float | None = None  # monotonic time of the first audio frame sent
     llm_first_token_s: float | None = None
     tts_first_chunk_s: float | None = None
 
@@ -90,9 +85,7 @@ class Reply:
         self._task = asyncio.create_task(self._run(), name=f"reply-{self.turn_id}")
 
     def confirm(self) -> None:
-        if not self._confirmed.is_set():
-            self.times.confirmed = time.monotonic()
-            self._confirmed.set()
+        self._confirmed.set()
 
     @property
     def confirmed(self) -> bool:
@@ -171,8 +164,7 @@ class Reply:
         self._metrics.llm_streams.inc()
         try:
             async for delta in stream:
-                if self.times.first_token is None:
-                    self.times.first_token = time.monotonic()
+                if not self.text:  # the first token
                     self.times.llm_first_token_s = stream.first_token_s
                     if stream.first_token_s is not None:
                         self._metrics.llm_first_token.observe(stream.first_token_s)
@@ -197,8 +189,6 @@ class Reply:
     async def _speak(self) -> None:
         seq = 0
         while (text := await self._segments.get()) is not None:
-            if self.times.first_segment is None:
-                self.times.first_segment = time.monotonic()
             segment = SpokenSegment(text, self.samples_sent, self.samples_sent)
             self.spoken.append(segment)
             try:
@@ -208,8 +198,7 @@ class Reply:
                 continue
             try:
                 async for chunk in stream:
-                    if self.times.first_chunk is None:
-                        self.times.first_chunk = time.monotonic()
+                    if self.times.tts_first_chunk_s is None:
                         self.times.tts_first_chunk_s = stream.first_chunk_s
                         if stream.first_chunk_s is not None:
                             self._metrics.tts_first_chunk.observe(stream.first_chunk_s)

@@ -3,13 +3,13 @@ exception escapes into the event loop."""
 
 from __future__ import annotations
 
-import asyncio
 import socket
 
 import pytest
 
 from fake_llm import FakeLLM
 from voicechat.config import Settings
+from loop_guard import no_loop_exceptions  # noqa: F401  (autouse fixture)
 
 
 def llm_settings(fake: FakeLLM | None, provider: str, **overrides: object) -> Settings:
@@ -33,16 +33,5 @@ def free_port() -> int:
 @pytest.fixture(params=["ollama", "openai"])
 def provider(request: pytest.FixtureRequest) -> str:
     return request.param
-
-
-@pytest.fixture(autouse=True)
-async def no_loop_exceptions():  # type: ignore[no-untyped-def]
-    """Fails a test if anything reached the event loop's exception handler (e.g. an unretrieved task error)."""
-    loop = asyncio.get_running_loop()
-    seen: list[dict[str, object]] = []
-    loop.set_exception_handler(lambda _loop, context: seen.append(context))
-    yield
-    await asyncio.sleep(0)
-    assert not seen, f"exceptions escaped into the event loop: {seen}"
 
 

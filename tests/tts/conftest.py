@@ -11,6 +11,7 @@ import pytest
 
 from speech import espeak_wav
 from voicechat.config import Settings
+from loop_guard import no_loop_exceptions  # noqa: F401  (autouse fixture)
 
 ALICE_TEXT = "The quick brown fox jumps over the lazy dog."
 BOB_TEXT = "She sells sea shells by the sea shore today."
@@ -76,14 +77,3 @@ async def wait_until(predicate, timeout: float = 30.0) -> None:
     while not predicate():
         assert loop.time() < deadline, "condition not reached in time"
         await asyncio.sleep(0.02)
-
-
-@pytest.fixture(autouse=True)
-async def no_loop_exceptions():  # type: ignore[no-untyped-def]
-    """Fails a test if anything reached the event loop's exception handler."""
-    loop = asyncio.get_running_loop()
-    seen: list[dict[str, object]] = []
-    loop.set_exception_handler(lambda _loop, context: seen.append(context))
-    yield
-    await asyncio.sleep(0)
-    assert not seen, f"exceptions escaped into the event loop: {seen}"
