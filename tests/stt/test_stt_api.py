@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 
 from stt_helpers import RATE, feed_all, of_type, say, trimmed, wer, with_silence
-from voicechat.audio import AudioFormatError, pcm16_bytes_to_int16, resample, write_wav
+from voicechat.audio import AudioFormatError, int16_to_float32, pcm16_bytes_to_int16, resample, write_wav
 from voicechat.stt.listener import Listener, ListenerClosed, SpeechModels
 from voicechat.stt.transcriber import clean_text
-from voicechat.stt.turn import TurnPolicy, text_says_incomplete
+from voicechat.stt.turn import UNSURE_LOGPROB, TurnPolicy, pause_ends_turn, text_says_incomplete
 
 TEXT = "Could you play some relaxing music in the bedroom?"
 
@@ -134,7 +134,7 @@ async def test_speech_resumed_after_probably_complete_starts_again(speech_models
     (hint,) = of_type(events, "turn_probably_complete")
     assert "france" in hint.text.lower() and hint.end_of_speech_s < hint.time_s
     assert not of_type(events, "turn_end")
-    events += await feed_all(listener, with_silence(0.15, trimmed(say("And of Spain?")), 2.5))
+    events += await feed_all(listener, with_silence(0.15, trimmed(say("And of Spain?")), 3.5))  # max wait: 3.2 s
     await listener.aclose()
     kinds = [event.type for event in events]
     assert kinds.count("turn_end") == 1 and kinds[-1] == "turn_end", kinds
@@ -187,6 +187,31 @@ def test_policy_scales_with_speed() -> None:
 )
 def test_text_cue(text: str, incomplete: bool) -> None:
     assert text_says_incomplete(text, "en") is incomplete
+
+
+@pytest.mark.parametrize(
+    ("smart", "text", "logprob", "ends"),
+    [
+        (0.9, "I like dogs.", -0.2, True),
+        (0.2, "I like dogs.", -0.2, False),  # Smart Turn's "not yet" holds the turn
+        (None, "I like dogs.", -0.2, False),  # so does a Smart Turn failure: the long wait still ends it
+        (0.2, "What time is it?", -0.2, False),  # Whisper's question mark is no evidence
+        (0.9, "Could you recommend a", -0.2, False),  # the words cannot end here
+        (0.9, "Please turn off my life, Simmer.", -0.7, False),  # Whisper was guessing
+        (0.0, "", 0.0, True),  # no words: nothing to wait for
+    ],
+)
+def test_a_pause_ends_the_turn_only_when_all_evidence_agrees(
+    smart: float | None, text: str, logprob: float, ends: bool
+) -> None:
+    assert pause_ends_turn(smart, text, logprob, "en") is ends
+
+
+def test_whisper_is_sure_of_clear_speech(speech_models: SpeechModels) -> None:
+    audio = int16_to_float32(say("What time does the train leave tomorrow morning?"))
+    transcript = speech_models.transcriber.submit(audio, final=True).result(timeout=60)
+    assert "tomorrow morning" in transcript.text.lower()
+    assert UNSURE_LOGPROB < transcript.logprob <= 0
 
 
 def test_hallucinations_on_near_silence_are_dropped() -> None:

@@ -86,6 +86,18 @@ async def test_a_pause_inside_a_sentence_does_not_end_the_turn(speech_models: Sp
     assert wer(["I want to tell you about my trip to the mountains last summer."], [ends[0].text]) < WER_BOUND
 
 
+async def test_a_hesitation_on_a_drawn_out_word_does_not_end_the_turn(speech_models: SpeechModels) -> None:
+    # "a large ... pizza": the words could end at "large" and Whisper may say so; the drawn-out word
+    # before the silence is what tells Smart Turn the speaker is searching for the next one.
+    text = 'I would like to order a <prosody rate="x-slow">large</prosody> <break time="900ms"/> pizza with cheese.'
+    listener = Listener(speech_models, speed=50)
+    events = await feed_all(listener, with_silence(0.4, say(f"<speak>{text}</speak>", ssml=True), 2.5))
+    await listener.aclose()
+    ends = of_type(events, "turn_end")
+    assert len(ends) == 1, events
+    assert "pizza" in ends[0].text.lower()
+
+
 async def test_two_sentences_two_seconds_apart_are_two_turns(speech_models: SpeechModels) -> None:
     first, second = "Please close the window in the kitchen.", "How far is the nearest train station?"
     listener = Listener(speech_models)

@@ -27,8 +27,8 @@ from typing import TYPE_CHECKING, Literal
 import numpy as np
 
 from voicechat.audio import StreamResampler, int16_to_float32
-from voicechat.stt.transcriber import Transcriber, clean_text
-from voicechat.stt.turn import SmartTurn, TurnPolicy, text_says_incomplete
+from voicechat.stt.transcriber import Transcriber, Transcript, clean_text
+from voicechat.stt.turn import SmartTurn, TurnPolicy, pause_ends_turn
 from voicechat.stt.vad import FRAME_S, SAMPLE_RATE, SileroVad, VadStream
 
 if TYPE_CHECKING:
@@ -42,7 +42,6 @@ START_FRAMES = 3  # 96 ms of voice before a turn starts: a click or a tap on the
 RESUME_FRAMES = 2  # 64 ms of voice ends a pause
 PREROLL_S = 0.5  # audio kept from before the trigger: Silero fires late on soft onsets ("the")
 PARTIAL_EVERY_S = 0.4  # seconds of new voice between partial transcripts
-COMPLETE_THRESHOLD = 0.5  # Smart Turn probability above which a pause counts as the end of a turn
 
 EventType = Literal["speech_started", "partial", "turn_probably_complete", "turn_end"]
 
@@ -106,7 +105,7 @@ class _Pause:
     """Background judgement of one pause: Smart Turn and the candidate final transcript."""
 
     smart: asyncio.Future[float]
-    candidate: asyncio.Future[str]
+    candidate: asyncio.Future[Transcript]
     announced: bool = False  # turn_probably_complete sent for this pause
     complete: bool | None = None  # the judgement, once both are in
 
@@ -322,15 +321,12 @@ class Listener:
 
     def _judgement(self, turn: _Turn, pause: _Pause) -> bool:
         if pause.complete is None:
-            pause.complete = self._is_complete(self._result(pause.smart), self._text(pause.candidate, turn))
+            text = self._text(pause.candidate, turn)
+            pause.complete = self._is_complete(self._result(pause.smart), text, self._logprob(pause.candidate))
         return pause.complete
 
-    def _is_complete(self, smart: float | None, text: str) -> bool:
-        if not text:
-            return True  # no words (noise, a cough): nothing to wait for
-        if text_says_incomplete(text, self._models.language):
-            return False
-        return (smart is not None and smart >= COMPLETE_THRESHOLD) or text.rstrip().endswith("?")
+    def _is_complete(self, smart: float | None, text: str, logprob: float) -> bool:
+        return pause_ends_turn(smart, text, logprob, self._models.language)
 
     async def _end_turn(
         self, turn: _Turn, now: float, *, forced: bool, decided_at: float | None = None
@@ -374,7 +370,7 @@ class Listener:
         future = self._background(turn, self._models.transcriber.submit(turn.audio(), final=False))
         future.add_done_callback(lambda done: self._on_partial(turn, done, now, speech_s))
 
-    def _on_partial(self, turn: _Turn, future: asyncio.Future[str], requested_s: float, speech_s: float) -> None:
+    def _on_partial(self, turn: _Turn, future: asyncio.Future[Transcript], requested_s: float, speech_s: float) -> None:
         turn.partial_busy = False
         if turn.over or self._turn is not turn:
             return
@@ -398,14 +394,19 @@ class Listener:
             return None
         return future.result()
 
-    def _text(self, future: asyncio.Future[str], turn: _Turn) -> str:
+    def _text(self, future: asyncio.Future[Transcript], turn: _Turn) -> str:
         if future.cancelled():
             return ""
         error = future.exception()
         if error is not None:
             log.warning("transcription failed: %r", error)
             return ""
-        return clean_text(future.result(), turn.speech_s)
+        return clean_text(future.result().text, turn.speech_s)
+
+    def _logprob(self, future: asyncio.Future[Transcript]) -> float:
+        if future.cancelled() or future.exception() is not None:
+            return 0.0  # _text already gave "" for it, which decides alone
+        return future.result().logprob
 
     def _cancel_pause(self, turn: _Turn) -> None:
         if turn.pause is not None:

@@ -55,13 +55,22 @@ def clean_text(text: str, speech_s: float) -> str:
     return text
 
 
+@dataclass(frozen=True)
+class Transcript:
+    """What Whisper heard, and how sure it was: the lowest average token log-probability among the
+    segments kept (0 is certain; Whisper itself retries below -1). No words gives 0."""
+
+    text: str
+    logprob: float = 0.0
+
+
 class TranscriberClosed(RuntimeError):
     """The shared transcriber was closed while work was pending."""
 
 
 @dataclass(frozen=True)
 class _Job:
-    future: Future[str]
+    future: Future[Transcript]
     audio: np.ndarray
     final: bool
 
@@ -99,9 +108,9 @@ class Transcriber:
         log.info("whisper %s on %s (%s)", model, resolved_device, compute_type)
         return cls(whisper, language=language)
 
-    def submit(self, audio: np.ndarray, *, final: bool) -> Future[str]:
-        """Queue float32 16 kHz audio; the future gives the cleaned-up transcript (maybe "")."""
-        future: Future[str] = Future()
+    def submit(self, audio: np.ndarray, *, final: bool) -> Future[Transcript]:
+        """Queue float32 16 kHz audio; the future gives the transcript (its text maybe "")."""
+        future: Future[Transcript] = Future()
         if self._closed:
             future.set_exception(TranscriberClosed("the transcriber is closed"))
             return future
@@ -111,7 +120,7 @@ class Transcriber:
             future.set_exception(RuntimeError("too many transcriptions queued"))
         return future
 
-    def transcribe(self, audio: np.ndarray, *, final: bool) -> str:
+    def transcribe(self, audio: np.ndarray, *, final: bool) -> Transcript:
         """Blocking transcription; call only from the owner thread (or before it gets work, as warm-up)."""
         segments, _ = self._model.transcribe(
             audio,
@@ -123,13 +132,16 @@ class Transcriber:
             vad_filter=False,  # our VAD already chose the audio
         )
         kept = [
-            segment.text
+            segment
             for segment in segments
             if not (segment.no_speech_prob > _NO_SPEECH_PROB and segment.avg_logprob < _LOW_LOGPROB)
             and segment.avg_logprob > _VERY_LOW_LOGPROB
             and segment.compression_ratio <= _MAX_COMPRESSION_RATIO
         ]
-        return " ".join(" ".join(kept).split())
+        return Transcript(
+            " ".join(" ".join(segment.text for segment in kept).split()),
+            min((segment.avg_logprob for segment in kept), default=0.0),
+        )
 
     def close(self) -> None:
         if self._closed:

@@ -22,6 +22,12 @@ from voicechat.stt.vad import pipecat_package_dir
 SAMPLE_RATE = 16000
 _WINDOW_S = 8  # the model's fixed input length
 
+COMPLETE_THRESHOLD = 0.5  # Smart Turn probability from which a pause counts as the end of a turn
+# Below this average token log-probability Whisper is guessing (it writes "my life, Simmer" for a
+# drawn-out "the ..."): such a transcript is no evidence that the sentence is over. Clear speech scores
+# -0.1 to -0.4; Whisper itself retries a segment below -1.
+UNSURE_LOGPROB = -0.5
+
 
 def packaged_model_path() -> Path:
     return pipecat_package_dir() / "audio" / "turn" / "smart_turn" / "data" / "smart-turn-v3.2-cpu.onnx"
@@ -107,3 +113,17 @@ def text_says_incomplete(text: str, language: str) -> bool:
         return False
     word = match.group(1).lower()
     return word in _NEVER_LAST or (word in _RARELY_LAST and not stripped.endswith(("?", "!")))
+
+
+def pause_ends_turn(smart: float | None, text: str, logprob: float, language: str) -> bool:
+    """Whether a pause ends the turn after the short wait, from Smart Turn's probability (None if it
+    failed), the candidate transcript and Whisper's confidence in it. Every piece of evidence must agree:
+    a transcript that stops mid-sentence or that Whisper was unsure of holds the turn open whatever
+    Smart Turn says, and Smart Turn's "not yet" holds it open whatever the words say."""
+    if not text:
+        return True  # no words (noise, a cough): nothing to wait for
+    if text_says_incomplete(text, language) or logprob < UNSURE_LOGPROB:
+        return False
+    # Whisper's question mark is no evidence of an end: it writes one on any cut-off question
+    # ("Could you recommend a good?"), while Smart Turn hears the intonation itself.
+    return smart is not None and smart >= COMPLETE_THRESHOLD
