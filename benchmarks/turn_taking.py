@@ -4,8 +4,9 @@ Renders utterances with espeak-ng, each with one hesitation pause of varied leng
 cannot end yet (SSML breaks keep the sentence's intonation across the pause), plus trailing silence,
 over a faint noise floor. The word before the pause is drawn out, as people draw out the word they
 hesitate on ("a large... pizza"), the cue Smart Turn learned from human speech; --flat-pauses renders
-the pause the way espeak does by default, an abrupt stop no person makes, as a harder stress test. Feeds each through a Listener at speed 0, 50 and 100, and through a baseline in the same run:
-the same Listener judging every pause complete (VAD silence alone, speed 50's 300 ms wait).
+the pause the way espeak does by default, an abrupt stop no person makes, as a harder stress test.
+Feeds each through a Listener at speed 0, 50 and 100, and through a baseline in the same run: the same
+Listener judging every pause complete (VAD silence alone, speed 50's 300 ms wait).
 
   premature   share of utterances that got a turn_end before their last word had ended
   delay       true end of speech -> turn_end, in audio time (what the policy waits, plus VAD lag)
