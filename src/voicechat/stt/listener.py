@@ -309,7 +309,7 @@ class Listener:
             SpeechEvent(
                 "turn_probably_complete",
                 self.time_s,
-                text=self._text(pause.candidate, turn),
+                text=self._transcript(pause.candidate, turn).text,
                 speech_s=turn.speech_s,
                 end_of_speech_s=turn.end_of_speech_s,
             )
@@ -321,8 +321,8 @@ class Listener:
 
     def _judgement(self, turn: _Turn, pause: _Pause) -> bool:
         if pause.complete is None:
-            text = self._text(pause.candidate, turn)
-            pause.complete = self._is_complete(self._result(pause.smart), text, self._logprob(pause.candidate))
+            transcript = self._transcript(pause.candidate, turn)
+            pause.complete = self._is_complete(self._result(pause.smart), transcript.text, transcript.logprob)
         return pause.complete
 
     def _is_complete(self, smart: float | None, text: str, logprob: float) -> bool:
@@ -343,7 +343,7 @@ class Listener:
         stt_ms = (time.perf_counter() - waited_from) * 1000
         if self._turn is not turn:
             return []  # reset() while we waited
-        text = self._text(candidate, turn)
+        text = self._transcript(candidate, turn).text
         end_of_speech = now if turn.speaking else turn.end_of_speech_s
         self._drop_turn(turn)
         return [
@@ -374,7 +374,7 @@ class Listener:
         turn.partial_busy = False
         if turn.over or self._turn is not turn:
             return
-        text = self._text(future, turn)
+        text = self._transcript(future, turn).text
         if text and text != turn.last_partial:
             turn.last_partial = text
             self._ready.append(SpeechEvent("partial", requested_s, text=text, speech_s=speech_s))
@@ -394,19 +394,16 @@ class Listener:
             return None
         return future.result()
 
-    def _text(self, future: asyncio.Future[Transcript], turn: _Turn) -> str:
+    def _transcript(self, future: asyncio.Future[Transcript], turn: _Turn) -> Transcript:
+        """The job's transcript with its text cleaned up; an empty one if the job was cancelled or failed."""
         if future.cancelled():
-            return ""
+            return Transcript("")
         error = future.exception()
         if error is not None:
             log.warning("transcription failed: %r", error)
-            return ""
-        return clean_text(future.result().text, turn.speech_s)
-
-    def _logprob(self, future: asyncio.Future[Transcript]) -> float:
-        if future.cancelled() or future.exception() is not None:
-            return 0.0  # _text already gave "" for it, which decides alone
-        return future.result().logprob
+            return Transcript("")
+        heard = future.result()
+        return Transcript(clean_text(heard.text, turn.speech_s), heard.logprob)
 
     def _cancel_pause(self, turn: _Turn) -> None:
         if turn.pause is not None:
