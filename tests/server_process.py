@@ -66,12 +66,13 @@ def running_server(
         sys.executable, "-m", "voicechat.cli", "serve",
         "--host", "127.0.0.1", "--port", str(port),
         "--checkpoint", str(checkpoint), "--stt-model", str(stt_model), "--device", "cpu",
-        "--provider", provider, "--base-url", llm_url, "--model", model, "--api-key", "test-key",
+        "--provider", provider, "--base-url", llm_url, "--model", model,
     ]  # fmt: skip
     process_env = {
         **os.environ,
         "OMP_NUM_THREADS": "2",
         "HF_HUB_OFFLINE": "1",
+        "VOICECHAT_API_KEY": "test-key",  # from the environment: a key on the command line shows in `ps`
         "VOICECHAT_VOICES_DIR": tempfile.mkdtemp(prefix="voicechat-voices-"),
         **(env or {}),
     }

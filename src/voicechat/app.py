@@ -8,30 +8,31 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import re
 import time
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from fastapi import FastAPI, Request, WebSocket
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
+from starlette.websockets import WebSocketDisconnect
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from voicechat import protocol as p
+from voicechat.access import AccessMiddleware, AccessPolicy, resolve_token
 from voicechat.config import Settings
 from voicechat.llm import LLM, LLMError, create_llm
 from voicechat.metrics import Metrics
 from voicechat.session import Services, Session
 from voicechat.stt.listener import SpeechModels
-from voicechat.tts.engine import TTSEngine, TTSError
+from voicechat.tts.engine import TTSEngine
+from voicechat.voices import router as voices_router
 
 log = logging.getLogger(__name__)
 
 WEB_DIR = Path(__file__).parent / "web"
-VOICE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,39}$")
-MAX_VOICE_BYTES = 10 * 1024 * 1024
 LLM_CHECK_INTERVAL_S = 5.0
 
 
@@ -46,6 +47,7 @@ class AppState:
     sessions: int = 0
     llm_error: str | None = "not checked yet"
     llm_checked_at: float = float("-inf")
+    voice_lock: asyncio.Lock = field(default_factory=asyncio.Lock)  # voice uploads and deletions, one at a time
 
     async def check_llm(self, llm: LLM) -> None:
         """Ask the LLM server whether it is reachable and has the model (at most every few seconds)."""
@@ -99,8 +101,24 @@ def create_app(settings: Settings) -> FastAPI:
                 await asyncio.to_thread(state.services.tts.close)
                 await asyncio.to_thread(state.services.speech.close)
 
-    app = FastAPI(title="RealtimeVoiceChat, Chatterbox edition", lifespan=lifespan)
+    docs = settings.api_docs  # off unless asked for: they map the whole API for a visitor
+    app = FastAPI(
+        title="RealtimeVoiceChat, Chatterbox edition",
+        lifespan=lifespan,
+        docs_url="/docs" if docs else None,
+        redoc_url=None,
+        openapi_url="/openapi.json" if docs else None,
+    )
     app.state.voicechat = state
+    app.add_middleware(AccessMiddleware, policy=AccessPolicy.from_settings(settings, resolve_token(settings)))
+    app.include_router(voices_router)
+
+    @app.exception_handler(RequestValidationError)
+    async def bad_request(request: Request, error: RequestValidationError) -> JSONResponse:
+        problems = "; ".join(
+            f"{'.'.join(str(part) for part in issue['loc'][1:]) or 'request'}: {issue['msg']}" for issue in error.errors()
+        )
+        return JSONResponse({"error": "bad_request", "message": problems}, 400)
 
     @app.get("/healthz")
     async def healthz() -> dict[str, str]:
@@ -120,31 +138,6 @@ def create_app(settings: Settings) -> FastAPI:
     @app.get("/metrics")
     async def metrics() -> Response:
         return Response(state.metrics.render(), media_type=CONTENT_TYPE_LATEST)
-
-    @app.get("/api/voices")
-    async def list_voices() -> JSONResponse:
-        if state.services is None:
-            return JSONResponse({"error": "not_ready", "message": state.stage}, 503)
-        return JSONResponse({"voices": state.services.tts.voices()})
-
-    @app.post("/api/voices")
-    async def add_voice(request: Request, name: str) -> JSONResponse:
-        if state.services is None:
-            return JSONResponse({"error": "not_ready", "message": state.stage}, 503)
-        if not VOICE_NAME.match(name) or name == "default":
-            return JSONResponse(
-                {"error": "bad_voice", "message": "voice names are 1-40 letters, digits, '-' or '_'"}, 400
-            )
-        body = bytearray()
-        async for piece in request.stream():
-            body += piece
-            if len(body) > MAX_VOICE_BYTES:
-                return JSONResponse({"error": "bad_voice", "message": "a reference WAV may be 10 MB at most"}, 413)
-        try:
-            voice = await asyncio.to_thread(state.services.tts.add_voice, name, bytes(body))
-        except TTSError as error:
-            return JSONResponse({"error": "bad_voice", "message": str(error)}, 400)
-        return JSONResponse({"voice": voice})
 
     @app.websocket("/ws")
     async def conversation(websocket: WebSocket) -> None:
@@ -173,6 +166,8 @@ def create_app(settings: Settings) -> FastAPI:
                 await websocket.close(p.CLOSE_INTERNAL)
                 return
             await Session(websocket, state.services).run()
+        except WebSocketDisconnect as gone:  # an ordinary end: the client left while we were sending
+            log.info("conversation ended: the client left (close code %s)", gone.code)
         except Exception:  # noqa: BLE001 - one conversation's failure must not reach the server
             log.exception("conversation failed")
             try:

@@ -43,6 +43,38 @@ class Settings(BaseSettings):
         64_000, ge=1024, description="Largest binary audio frame accepted from a client, in bytes."
     )
 
+    # --- Network safety -----------------------------------------------------------------------
+    access_token: str | None = Field(
+        None,
+        description="Token every API request and conversation must carry (Bearer header, or ?token= on /ws). "
+        "Unset: none on a loopback address; on any other address a random one is made at start and its URL "
+        "printed.",
+    )
+    allowed_origins: str = Field(
+        "",
+        description="Comma-separated extra origins (https://example.com) whose pages may open conversations "
+        "and change things; the server's own origin is always allowed.",
+    )
+    allowed_hosts: str = Field(
+        "",
+        description="Comma-separated host names the server answers to. Empty: localhost, 127.0.0.1 and ::1 "
+        "when bound to loopback (against DNS rebinding), any name otherwise.",
+    )
+    api_docs: bool = Field(False, description="Serve the API documentation at /docs and /openapi.json.")
+    header_timeout_s: float = Field(
+        10.0, gt=0, description="Seconds a client may take to send a request's headers before it is dropped."
+    )
+    body_timeout_s: float = Field(
+        60.0, gt=0, description="Seconds a client may take to send a request's body (a voice upload) in full."
+    )
+    voice_max_bytes: int = Field(10 * 1024 * 1024, ge=1024, description="Largest voice upload, in bytes.")
+    voice_min_s: float = Field(3.0, ge=0.5, description="Shortest voice recording accepted, in seconds.")
+    voice_max_s: float = Field(30.0, ge=1.0, le=600.0, description="Longest voice recording accepted, in seconds.")
+    voices_max_count: int = Field(50, ge=1, description="Most uploaded voices kept in the voices directory.")
+    voices_max_total_bytes: int = Field(
+        200 * 1024 * 1024, ge=1024 * 1024, description="Most bytes of voices kept in the voices directory."
+    )
+
     # --- Text to speech (Chatterbox) -----------------------------------------------------------
     checkpoint: str | None = Field(
         None,
@@ -105,6 +137,9 @@ class Settings(BaseSettings):
     api_key: str | None = Field(
         None, description="API key for OpenAI-compatible servers (OPENAI_API_KEY is used when unset)."
     )
+    api_key_file: Path | None = Field(
+        None, description="File whose first line is the API key (for Docker secrets); replaces api_key."
+    )
     llm_temperature: float = Field(0.7, ge=0.0, le=2.0, description="LLM sampling temperature.")
     llm_max_tokens: int = Field(400, ge=1, description="Most tokens in one assistant reply.")
     llm_first_token_timeout_s: float = Field(
@@ -122,10 +157,24 @@ class Settings(BaseSettings):
         12_000, ge=500, description="Budget of the conversation history sent to the LLM, in characters."
     )
 
-    @field_validator("voice", "system_prompt_file", "checkpoint", mode="before")
+    @field_validator("voice", "system_prompt_file", "checkpoint", "access_token", "api_key_file", mode="before")
     @classmethod
     def _empty_is_none(cls, value: object) -> object:
         return None if value == "" else value
+
+    def effective_api_key(self) -> str | None:
+        """The LLM API key: from api_key_file when set (kept off the command line), else api_key."""
+        if self.api_key_file is not None:
+            lines = self.api_key_file.read_text(encoding="utf-8").strip().splitlines()
+            return lines[0].strip() if lines else None
+        return self.api_key
+
+    @field_validator("api_key_file")
+    @classmethod
+    def _readable(cls, value: Path | None) -> Path | None:
+        if value is not None and not value.is_file():
+            raise ValueError(f"{value} is not a file")
+        return value
 
     def effective_system_prompt(self) -> str:
         if self.system_prompt_file is not None:

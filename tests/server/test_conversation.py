@@ -301,12 +301,15 @@ async def test_session_cap_refuses_clearly(server) -> None:
 
 async def test_voice_upload_and_selection(server) -> None:
     wav = espeak_wav("This is my reference voice for cloning, spoken clearly.", rate=24000).read_bytes()
-    answer = httpx.post(f"{server.url}/api/voices", params={"name": "espeak"}, content=wav, timeout=120)
+    changes = {"X-Voicechat-Client": "test"}  # a change without the token needs it (CSRF: never a simple request)
+    answer = httpx.post(f"{server.url}/api/voices", params={"name": "espeak"}, content=wav, headers=changes, timeout=120)
     assert answer.status_code == 200, answer.text
     assert "espeak" in httpx.get(f"{server.url}/api/voices").json()["voices"]
-    bad = httpx.post(f"{server.url}/api/voices", params={"name": "broken"}, content=b"RIFF garbage", timeout=30)
+    bad = httpx.post(
+        f"{server.url}/api/voices", params={"name": "broken"}, content=b"RIFF garbage", headers=changes, timeout=30
+    )
     assert bad.status_code == 400 and bad.json()["error"] == "bad_voice"
-    bad_name = httpx.post(f"{server.url}/api/voices", params={"name": "../etc"}, content=wav)
+    bad_name = httpx.post(f"{server.url}/api/voices", params={"name": "../etc"}, content=wav, headers=changes)
     assert bad_name.status_code == 400
     async with VoiceChatClient(server.ws_url) as client:
         assert "espeak" in client.hello["voices"]

@@ -105,7 +105,7 @@ def pull_ollama_model(settings: Settings) -> str:
     from voicechat.llm.ollama import DEFAULT_URL
 
     url = (settings.base_url or DEFAULT_URL).rstrip("/")
-    headers = {"Authorization": f"Bearer {settings.api_key}"} if settings.api_key else None
+    headers = {"Authorization": f"Bearer {key}"} if (key := settings.effective_api_key()) else None
     try:
         with ollama.Client(host=url, headers=headers) as client:
             _show_pull(client.pull(settings.model, stream=True))

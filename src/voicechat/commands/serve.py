@@ -18,7 +18,6 @@ FLAGS = {
     "--provider": ("provider", str, "LLM provider: ollama or openai"),
     "--base-url": ("base_url", str, "LLM server URL"),
     "--model": ("model", str, "LLM model name"),
-    "--api-key": ("api_key", str, "API key for OpenAI-compatible servers"),
     "--max-sessions": ("max_sessions", int, "most conversations at once"),
 }
 
@@ -32,6 +31,7 @@ def run(args: argparse.Namespace) -> int:
     import uvicorn
 
     from voicechat.app import create_app
+    from voicechat.http_deadlines import deadline_protocol
 
     settings = load_settings(**{dest: getattr(args, dest) for dest, _, _ in FLAGS.values()})
     level = args.log_level or settings.log_level
@@ -44,6 +44,7 @@ def run(args: argparse.Namespace) -> int:
         host=settings.host,
         port=settings.port,
         log_level=level,
+        http=deadline_protocol(settings.header_timeout_s, settings.body_timeout_s),
         ws_max_size=1024 * 1024,  # larger messages are closed with 1009; frames over max_frame_bytes get an error
         ws_ping_interval=20,
         ws_ping_timeout=30,

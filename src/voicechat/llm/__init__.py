@@ -16,6 +16,7 @@ from voicechat.llm.errors import (
     LLMStreamError,
     LLMTimeout,
     LLMUnreachable,
+    register_secret,
 )
 from voicechat.llm.history import INTERRUPTED_MARK, History, Turn
 
@@ -41,6 +42,7 @@ __all__ = [
 
 def create_llm(settings: Settings) -> LLM:
     """The configured provider's client. Nothing is contacted until check_ready() or stream()."""
+    register_secret(settings.effective_api_key())
     # Imported here: each client library costs import time, and only one is used.
     if settings.provider == "ollama":
         from voicechat.llm.ollama import OllamaLLM

@@ -6,6 +6,9 @@ error on as ``{"type": "error", "code": err.code, "message": str(err)}`` without
 
 from __future__ import annotations
 
+import re
+from urllib.parse import urlsplit, urlunsplit
+
 
 class LLMError(Exception):
     """Any LLM failure. ``retryable`` marks failures that are safe to retry before the first token."""
@@ -43,9 +46,39 @@ class LLMStreamError(LLMError):
     code = "llm_error"
 
 
-def short(detail: object, limit: int = 200) -> str:
-    """A server's error text, on one line and short enough to show a user."""
+_SECRETS: set[str] = set()  # the API key(s) in use: never shown, whatever a server echoes back
+_CREDENTIALS = re.compile(
+    r"(?i)(bearer\s+|(?:api[_-]?key|token|password|secret|key)[\"']?\s*[:=]\s*[\"']?)[^\s\"',;&]+"
+)
+_KEY_LIKE = re.compile(r"\b(?=[A-Za-z0-9_-]*\d)(?=[A-Za-z0-9_-]*[A-Za-z])[A-Za-z0-9_-]{24,}\b")
+_URL_USERINFO = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)[^/\s@]+@")
+
+
+def register_secret(value: str | None) -> None:
+    """Remember a secret (the API key) so that no error message ever shows it."""
+    if value:
+        _SECRETS.add(value)
+
+
+def redact_url(url: str) -> str:
+    """A URL as it may be shown: without ``user:password@`` and without its query string."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"
+    netloc = f"{host}:{parts.port}" if parts.port else host
+    return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
+
+
+def short(detail: object, limit: int = 120) -> str:
+    """A summary of a server's error text that is safe to show a user: one line, short, and with every
+    credential (the API key, bearer tokens, ``key=...``, key-like strings, passwords in URLs) removed."""
     text = " ".join(str(detail).split())
+    for secret in _SECRETS:
+        text = text.replace(secret, "***")
+    text = _URL_USERINFO.sub(r"\1", text)
+    text = _CREDENTIALS.sub(r"\1***", text)
+    text = _KEY_LIKE.sub("***", text)
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 

@@ -19,6 +19,7 @@ from voicechat.llm.errors import (
     LLMTimeout,
     LLMUnreachable,
     error_for_status,
+    redact_url,
     short,
 )
 
@@ -32,9 +33,9 @@ class OllamaLLM:
         self._settings = settings
         self._model = settings.model
         self._url = (settings.base_url or DEFAULT_URL).rstrip("/")
-        self._where = f"Ollama at {self._url}"
-        self.name = f"ollama {self._model} at {self._url}"
-        headers = {"Authorization": f"Bearer {settings.api_key}"} if settings.api_key else None
+        self._where = f"Ollama at {redact_url(self._url)}"
+        self.name = f"ollama {self._model} at {redact_url(self._url)}"
+        headers = {"Authorization": f"Bearer {key}"} if (key := settings.effective_api_key()) else None
         # The read timeout bounds a stall in the middle of a reply; the wait for the first token is
         # bounded by LLMStream's own deadline (equal, and started first, so it fires first).
         timeout = httpx.Timeout(settings.llm_first_token_timeout_s, connect=5.0)

@@ -21,6 +21,7 @@ from voicechat.llm.errors import (
     LLMTimeout,
     LLMUnreachable,
     error_for_status,
+    redact_url,
     short,
 )
 
@@ -41,14 +42,14 @@ class OpenAILLM:
         self._model = settings.model
         base_url = normalize_base_url(settings.base_url)
         # Local servers need no key, but the client insists on one.
-        api_key = settings.api_key or os.environ.get("OPENAI_API_KEY") or "no-key"
+        api_key = settings.effective_api_key() or os.environ.get("OPENAI_API_KEY") or "no-key"
         self._client = openai.AsyncOpenAI(
             api_key=api_key,
             base_url=base_url,
             max_retries=0,  # LLMStream retries, and only before the first token
             timeout=openai.Timeout(settings.llm_first_token_timeout_s, connect=5.0),
         )
-        url = str(self._client.base_url).rstrip("/")
+        url = redact_url(str(self._client.base_url).rstrip("/"))
         self._where = f"the OpenAI-compatible server at {url}"
         self.name = f"openai {self._model} at {url}"
         # The official API wants max_completion_tokens (max_tokens is refused by its reasoning models);

@@ -1,7 +1,7 @@
 // The page: wires the connection, the audio and the transcript to the controls.
 
 import { AudioEngine } from "./audio.js";
-import { Connection } from "./connection.js";
+import { apiHeaders, Connection } from "./connection.js";
 import { encodeAudioFrame, FLAG_PLAYING } from "./protocol.js";
 import { Transcript } from "./transcript.js";
 
@@ -434,7 +434,7 @@ function setVoices(voices) {
 }
 
 async function refreshVoices() {
-  const response = await fetch(apiUrl("api/voices"), { cache: "no-store" });
+  const response = await fetch(apiUrl("api/voices"), { cache: "no-store", headers: apiHeaders() });
   if (!response.ok) throw new Error(`the voice list could not be loaded (HTTP ${response.status})`);
   const body = await response.json();
   setVoices(body.voices);
@@ -467,7 +467,7 @@ $("upload-form").addEventListener("submit", async (event) => {
   try {
     const response = await fetch(apiUrl(`api/voices?name=${encodeURIComponent(name)}`), {
       method: "POST",
-      headers: { "Content-Type": "audio/wav" },
+      headers: apiHeaders({ "Content-Type": "audio/wav" }),
       body: file,
     });
     const body = await response.json().catch(() => ({}));

@@ -7,6 +7,46 @@ const MAX_BUFFERED_BYTES = 256 * 1024; // ~8 s of 16 kHz audio; beyond that, dro
 const HELLO_TIMEOUT_MS = 10000;
 const BACKOFF_FIRST_MS = 500;
 const BACKOFF_MAX_MS = 10000;
+const TOKEN_KEY = "voicechat-access-token";
+
+// The access token (docs/deployment.md): taken once from the address the server printed
+// (?token=...), kept in localStorage, and removed from the address bar so that it is not bookmarked,
+// shared in a screenshot or sent as a Referer.
+const ACCESS_TOKEN = takeToken();
+
+function takeToken() {
+  const url = new URL(window.location.href);
+  const fromUrl = url.searchParams.get("token");
+  if (fromUrl === null) {
+    try {
+      return localStorage.getItem(TOKEN_KEY) || "";
+    } catch {
+      return ""; // storage blocked: the page works without a token on a loopback server
+    }
+  }
+  try {
+    localStorage.setItem(TOKEN_KEY, fromUrl);
+  } catch {
+    // storage blocked: the token lives as long as this page
+  }
+  url.searchParams.delete("token");
+  history.replaceState(history.state, "", url.pathname + url.search + url.hash);
+  return fromUrl;
+}
+
+/** Headers for an API request: the token as Bearer, and the header that marks a change as the page's own. */
+export function apiHeaders(extra = {}) {
+  const auth = ACCESS_TOKEN ? { Authorization: `Bearer ${ACCESS_TOKEN}` } : {};
+  return { "X-Voicechat-Client": "web", ...auth, ...extra };
+}
+
+/** The WebSocket URL with the token as a query parameter: browsers cannot set headers on a WebSocket. */
+function withToken(url) {
+  if (!ACCESS_TOKEN) return url;
+  const withQuery = new URL(url);
+  withQuery.searchParams.set("token", ACCESS_TOKEN);
+  return withQuery.href;
+}
 
 /**
  * Events: "state" {state: connecting|open|reconnecting, attempt, delayMs, code},
@@ -37,7 +77,7 @@ export class Connection extends EventTarget {
     this.emit("state", { state: "connecting", attempt: this.attempt });
     let socket;
     try {
-      socket = new WebSocket(this.url);
+      socket = new WebSocket(withToken(this.url));
     } catch (err) {
       this.scheduleRetry(0, String(err));
       return;
