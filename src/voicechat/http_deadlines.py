@@ -27,6 +27,7 @@ def deadline_protocol(header_timeout_s: float, body_timeout_s: float) -> type[H1
     class DeadlineProtocol(H11Protocol):
         _deadline: asyncio.TimerHandle | None = None
         _phase: str | None = None
+        _upgraded = False
 
         def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
             super().connection_made(transport)
@@ -40,13 +41,18 @@ def deadline_protocol(header_timeout_s: float, body_timeout_s: float) -> type[H1
             super().on_response_complete()
             self._follow_phase()
 
+        def handle_websocket_upgrade(self, event: h11.Request) -> None:
+            self._upgraded = True  # the WebSocket protocol owns the connection now: no more deadlines
+            self._arm(None, 0.0)
+            super().handle_websocket_upgrade(event)
+
         def connection_lost(self, exc: Exception | None) -> None:
             self._arm(None, 0.0)
             super().connection_lost(exc)
 
         def _follow_phase(self) -> None:
             state = self.conn.their_state
-            if self.transport.is_closing():
+            if self._upgraded or self.transport.is_closing():
                 phase = None
             elif state is h11.IDLE:
                 phase = "headers"
