@@ -73,6 +73,7 @@ def running_server(
         "OMP_NUM_THREADS": "2",
         "HF_HUB_OFFLINE": "1",
         "VOICECHAT_API_KEY": "test-key",  # from the environment: a key on the command line shows in `ps`
+        "VOICECHAT_MAX_SESSIONS_PER_IP": "100",  # every test client comes from 127.0.0.1
         "VOICECHAT_VOICES_DIR": tempfile.mkdtemp(prefix="voicechat-voices-"),
         **(env or {}),
     }

@@ -22,8 +22,10 @@ from prometheus_client import CONTENT_TYPE_LATEST
 
 from voicechat import protocol as p
 from voicechat.access import AccessMiddleware, AccessPolicy, resolve_token
+from voicechat.commands.download_models import CHATTERBOX_REPO
 from voicechat.config import Settings
 from voicechat.llm import LLM, LLMError, create_llm
+from voicechat.loading import LoadProgress, hub_cache_folder, report_until_ready, whisper_repo
 from voicechat.metrics import Metrics
 from voicechat.session import Services, Session
 from voicechat.stt.listener import SpeechModels
@@ -45,6 +47,8 @@ class AppState:
     load_error: str | None = None
     ready: asyncio.Event = field(default_factory=asyncio.Event)  # set when loading ends, well or badly
     sessions: int = 0
+    progress: LoadProgress = field(default_factory=LoadProgress)  # shown on the page while loading
+    sessions_by_address: dict[str, int] = field(default_factory=dict)  # client IP -> open conversations
     llm_error: str | None = "not checked yet"
     llm_checked_at: float = float("-inf")
     voice_lock: asyncio.Lock = field(default_factory=asyncio.Lock)  # voice uploads and deletions, one at a time
@@ -68,8 +72,14 @@ async def load_services(state: AppState) -> None:
     started = time.monotonic()
     try:
         state.stage = "loading models (Chatterbox, Whisper, VAD, Smart Turn)"
+        tts_name, stt_name = "Chatterbox voice", "Whisper speech recognition"
+        tts_hub = None if settings.checkpoint else hub_cache_folder(CHATTERBOX_REPO)
+        stt_repo = whisper_repo(settings.stt_model)
+        stt_hub = hub_cache_folder(stt_repo) if stt_repo else None
+        state.progress.pre_register(tts_name, stt_name)
         tts, speech = await asyncio.gather(
-            asyncio.to_thread(TTSEngine.load, settings), asyncio.to_thread(SpeechModels.load, settings)
+            asyncio.to_thread(state.progress.run, tts_name, tts_hub, TTSEngine.load, settings),
+            asyncio.to_thread(state.progress.run, stt_name, stt_hub, SpeechModels.load, settings),
         )
         llm = create_llm(settings)
         state.services = Services(settings=settings, tts=tts, speech=speech, llm=llm, metrics=state.metrics)
@@ -139,26 +149,28 @@ def create_app(settings: Settings) -> FastAPI:
     async def metrics() -> Response:
         return Response(state.metrics.render(), media_type=CONTENT_TYPE_LATEST)
 
+    async def refuse(websocket: WebSocket, code: str, message: str) -> None:
+        state.metrics.sessions_refused.inc()
+        await websocket.send_text(p.error_message(code, message, fatal=True))
+        await websocket.close(p.CLOSE_SERVER_FULL)
+
     @app.websocket("/ws")
     async def conversation(websocket: WebSocket) -> None:
         await websocket.accept()
+        address = websocket.client.host if websocket.client else "unknown"
         if state.sessions >= settings.max_sessions:
-            state.metrics.sessions_refused.inc()
-            await websocket.send_text(
-                p.error_message(
-                    "server_full",
-                    f"the server is busy with {settings.max_sessions} conversations; try again later",
-                    fatal=True,
-                )
-            )
-            await websocket.close(p.CLOSE_SERVER_FULL)
-            return
+            busy = f"the server is busy with {settings.max_sessions} conversations; try again later"
+            return await refuse(websocket, "server_full", busy)
+        if state.sessions_by_address.get(address, 0) >= settings.max_sessions_per_ip:
+            many = f"{settings.max_sessions_per_ip} conversations are already open from your address; close one first"
+            return await refuse(websocket, "too_many_connections", many)
         state.sessions += 1
+        state.sessions_by_address[address] = state.sessions_by_address.get(address, 0) + 1
         state.metrics.sessions.inc()
         try:
             if not state.ready.is_set():
                 await websocket.send_text(p.server_message("status", state="loading"))
-                await state.ready.wait()
+                await report_until_ready(websocket.send_text, state.progress, state.ready)
             if state.services is None:
                 await websocket.send_text(
                     p.error_message("internal", f"the server could not load its models: {state.load_error}", fatal=True)
@@ -176,6 +188,8 @@ def create_app(settings: Settings) -> FastAPI:
                 pass
         finally:
             state.sessions -= 1
+            if (left := state.sessions_by_address.pop(address) - 1) > 0:
+                state.sessions_by_address[address] = left
             state.metrics.sessions.dec()
 
     app.mount("/", StaticFiles(directory=WEB_DIR, html=True), name="web")

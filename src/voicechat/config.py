@@ -60,6 +60,9 @@ class Settings(BaseSettings):
         description="Comma-separated host names the server answers to. Empty: localhost, 127.0.0.1 and ::1 "
         "when bound to loopback (against DNS rebinding), any name otherwise.",
     )
+    max_sessions_per_ip: int = Field(
+        2, ge=1, description="Most conversations open at once from one client address; more are refused (close 1013)."
+    )
     api_docs: bool = Field(False, description="Serve the API documentation at /docs and /openapi.json.")
     header_timeout_s: float = Field(
         10.0, gt=0, description="Seconds a client may take to send a request's headers before it is dropped."

@@ -32,6 +32,7 @@ TOKEN = "a-test-token-0123456789"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 REPLY = "Paris is the capital of France."
 BODY_TIMEOUT_S = 2
+PER_IP = 3  # the neighbour and two more
 
 
 @pytest.fixture(scope="module")
@@ -42,7 +43,12 @@ def fake_llm():
 
 @pytest.fixture(scope="module")
 def server(fake_llm, tiny_checkpoint, whisper_tiny_dir):
-    env = {"VOICECHAT_ACCESS_TOKEN": TOKEN, "VOICECHAT_BODY_TIMEOUT_S": str(BODY_TIMEOUT_S)}
+    env = {
+        "VOICECHAT_ACCESS_TOKEN": TOKEN,
+        "VOICECHAT_BODY_TIMEOUT_S": str(BODY_TIMEOUT_S),
+        "VOICECHAT_MAX_SESSIONS_PER_IP": str(PER_IP),
+        "VOICECHAT_MAX_SESSIONS": "8",
+    }
     with running_server(
         checkpoint=tiny_checkpoint, stt_model=whisper_tiny_dir, llm_url=fake_llm.url, env=env
     ) as process:
@@ -130,7 +136,20 @@ def half_sent_headers(server) -> Callable[[object], Awaitable[bytes]]:
     return probe
 
 
+async def one_too_many(server) -> tuple[int | None, str]:
+    """Beside the neighbour, open conversations up to the per-address cap; the next one is refused."""
+    others = [await VoiceChatClient(ws_url(server)).connect() for _ in range(PER_IP - 1)]
+    try:
+        extra = await VoiceChatClient(ws_url(server)).connect(send_hello=False)
+        error = await extra.wait_for("error")
+        await extra.wait_until(lambda: extra.closed_code is not None)
+        return extra.closed_code, error["code"]
+    finally:
+        await asyncio.gather(*(other.close() for other in others))
+
+
 CASES = [
+    Case("one conversation too many from one address", one_too_many, (1013, "too_many_connections")),
     Case("metrics need the token", lambda s: http(s, "GET", "/metrics"), (401, "unauthorized")),
     Case("API needs the token", lambda s: http(s, "GET", "/api/voices"), (401, "unauthorized")),
     Case("docs are off", lambda s: http(s, "GET", "/openapi.json", headers=AUTH), (404, "")),
