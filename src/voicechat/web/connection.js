@@ -8,6 +8,7 @@ const HELLO_TIMEOUT_MS = 10000;
 const BACKOFF_FIRST_MS = 500;
 const BACKOFF_MAX_MS = 10000;
 const TOKEN_KEY = "voicechat-access-token";
+const RESUME_KEY = "voicechat-resume"; // {session_id, token} of this tab's conversation
 
 // The access token (docs/deployment.md): taken once from the address the server printed
 // (?token=...), kept in localStorage, and removed from the address bar so that it is not bookmarked,
@@ -40,6 +41,23 @@ export function apiHeaders(extra = {}) {
   return { "X-Voicechat-Client": "web", ...auth, ...extra };
 }
 
+// The conversation to resume after a dropped socket or a reload of this tab (docs/protocol.md, "Resume").
+function savedResume() {
+  try {
+    return JSON.parse(sessionStorage.getItem(RESUME_KEY) || "null");
+  } catch {
+    return null;
+  }
+}
+
+function saveResume(resume) {
+  try {
+    sessionStorage.setItem(RESUME_KEY, JSON.stringify(resume));
+  } catch {
+    // storage blocked: resuming still works for drops while this page lives
+  }
+}
+
 /** The WebSocket URL with the token as a query parameter: browsers cannot set headers on a WebSocket. */
 function withToken(url) {
   if (!ACCESS_TOKEN) return url;
@@ -65,6 +83,7 @@ export class Connection extends EventTarget {
     this.reconnects = 0; // hellos after the first
     this.everOpened = false;
     this.framesDropped = 0;
+    this.resume = savedResume(); // sent in the next hello; the server answers resumed: true or false
   }
 
   start() {
@@ -85,7 +104,9 @@ export class Connection extends EventTarget {
     socket.binaryType = "arraybuffer";
     this.socket = socket;
     socket.onopen = () => {
-      socket.send(JSON.stringify(helloMessage()));
+      const hello = helloMessage();
+      if (this.resume) hello.resume = this.resume;
+      socket.send(JSON.stringify(hello));
       this.helloTimer = setTimeout(() => socket.close(4000, "no hello"), HELLO_TIMEOUT_MS);
     };
     socket.onmessage = (event) => this.onMessage(event.data);
@@ -117,6 +138,10 @@ export class Connection extends EventTarget {
     clearTimeout(this.helloTimer);
     if (msg.type === "hello") {
       this.ready = true;
+      if (msg.resume_token) {
+        this.resume = { session_id: msg.session_id, token: msg.resume_token };
+        saveResume(this.resume);
+      }
       if (this.everOpened) this.reconnects++;
       this.everOpened = true;
       this.attempt = 0;
