@@ -145,6 +145,12 @@ class Settings(BaseSettings):
     )
     llm_temperature: float = Field(0.7, ge=0.0, le=2.0, description="LLM sampling temperature.")
     llm_max_tokens: int = Field(400, ge=1, description="Most tokens in one assistant reply.")
+    llm_max_reply_chars: int = Field(
+        4000,
+        ge=100,
+        description="Most characters of one assistant reply: the server ends a longer one itself, even when the "
+        "LLM ignores its token limit.",
+    )
     llm_first_token_timeout_s: float = Field(
         30.0, gt=0, description="Seconds to wait for the first token before giving up."
     )

@@ -38,8 +38,12 @@ class LLMStream:
         where: str,
         first_token_timeout_s: float,
         retries: int,
+        max_chars: int | None = None,
     ) -> None:
         self.first_token_s: float | None = None
+        self.cut = False  # the reply reached max_chars and was ended by us, whatever the server meant to send
+        self._max_chars = max_chars
+        self._chars = 0
         self._open_deltas = open_deltas
         self._where = where
         self._timeout_s = first_token_timeout_s
@@ -110,15 +114,15 @@ class LLMStream:
                                 continue
                             self.first_token_s = loop.time() - started
                             scope.reschedule(None)
-                        if text:
-                            await self._queue.put(text)
+                        if text and not await self._put(text):
+                            return
                 tail = thinking.flush()
                 if self.first_token_s is None:
                     tail = tail.lstrip()
                     if tail:
                         self.first_token_s = loop.time() - started
                 if tail:
-                    await self._queue.put(tail)
+                    await self._put(tail)
                 return
             except TimeoutError:
                 raise LLMTimeout(
@@ -140,6 +144,18 @@ class LLMStream:
                 await asyncio.sleep(delay)
             finally:
                 await deltas.aclose()  # closes the HTTP response at once
+
+
+    async def _put(self, text: str) -> bool:
+        """Pass visible text on, up to max_chars in all; False once the cap is reached (the caller stops)."""
+        if self._max_chars is not None and self._chars + len(text) > self._max_chars:
+            text = text[: self._max_chars - self._chars]
+            self.cut = True
+            log.info("reply from %s cut at %d characters (VOICECHAT_LLM_MAX_REPLY_CHARS)", self._where, self._max_chars)
+        self._chars += len(text)
+        if text:
+            await self._queue.put(text)
+        return not self.cut
 
 
 class LLM(Protocol):

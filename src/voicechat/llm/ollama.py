@@ -47,6 +47,7 @@ class OllamaLLM:
             where=self._where,
             first_token_timeout_s=self._settings.llm_first_token_timeout_s,
             retries=self._settings.llm_retries,
+            max_chars=self._settings.llm_max_reply_chars,
         )
 
     async def check_ready(self) -> None:
