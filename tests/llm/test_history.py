@@ -38,12 +38,12 @@ def test_trimmed_history_starts_with_a_user_turn() -> None:
     assert history.messages()[1]["content"] == "c" * 20
 
 
-def test_latest_user_turn_always_kept_even_over_budget() -> None:
+def test_latest_user_turn_always_kept_and_clipped_to_the_budget() -> None:
     history = History("S", 10)
     history.add_user("short")
     history.add_assistant("reply")
     history.add_user("x" * 100)
-    assert history.messages() == [{"role": "system", "content": "S"}, {"role": "user", "content": "x" * 100}]
+    assert history.messages() == [{"role": "system", "content": "S"}, {"role": "user", "content": "…" + "x" * 9}]
 
 
 def test_interrupted_reply_recorded_as_heard_and_marked() -> None:

@@ -3,8 +3,10 @@
 Policy (docs/llm.md):
 - The system prompt always comes first and does not count against the budget.
 - Turns are trimmed oldest first until their text fits ``max_chars``; the latest user turn is always
-  kept, even alone over budget. After trimming, the history starts with a user turn, because some chat
-  templates refuse a conversation that opens with the assistant.
+  kept. After trimming, the history starts with a user turn, because some chat templates refuse a
+  conversation that opens with the assistant. The budget holds whatever the client sends: what still
+  does not fit (one huge turn, or many typed turns merged into one) loses its oldest text, marked
+  with ``…``, and no stored turn ever grows past the budget.
 - Assistant turns hold what the user actually heard. A turn cut short by the user (barge-in) ends
   with :data:`INTERRUPTED_MARK`, a dash, the written sign of speech broken off: the model sees where
   it was stopped, and if it imitates the mark, a dash is harmless when spoken. The default system
@@ -63,9 +65,17 @@ class History:
             return
         last = self._turns[-1] if self._turns else None
         if last is not None and last.role == turn.role:
-            self._turns[-1] = Turn(turn.role, f"{last.text}\n{turn.text}", turn.interrupted)
-        else:
-            self._turns.append(turn)
+            turn = Turn(turn.role, f"{last.text}\n{turn.text}", turn.interrupted)
+            self._turns.pop()
+        self._turns.append(_clipped(turn, self.max_chars))
+
+    def messages_with_user(self, text: str) -> list[dict[str, str]]:
+        """The messages of a request answering ``text`` before it is recorded: as if it were added (merged
+        with an unanswered user turn, so roles still alternate after a failed reply), within the budget."""
+        probe = History(self.system_prompt, self.max_chars)
+        probe._turns = list(self._turns)
+        probe.add_user(text)
+        return probe.messages()
 
     def _trimmed(self) -> list[Turn]:
         turns = self._turns
@@ -77,4 +87,19 @@ class History:
             start += 1
         while start < last_user and turns[start].role != "user":
             start += 1
-        return turns[start:]
+        kept = list(turns[start:])
+        excess = sum(len(turn.text) for turn in kept) - self.max_chars
+        for index, turn in enumerate(kept):
+            if excess <= 0:
+                break
+            clipped = _clipped(turn, max(1, len(turn.text) - excess))
+            excess -= len(turn.text) - len(clipped.text)
+            kept[index] = clipped
+        return kept
+
+
+def _clipped(turn: Turn, max_chars: int) -> Turn:
+    """The turn's newest ``max_chars`` characters (the first one an ellipsis when text was cut)."""
+    if len(turn.text) <= max_chars:
+        return turn
+    return Turn(turn.role, "…" + turn.text[len(turn.text) - max_chars + 1 :], turn.interrupted)
