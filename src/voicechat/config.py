@@ -63,6 +63,20 @@ class Settings(BaseSettings):
     max_sessions_per_ip: int = Field(
         2, ge=1, description="Most conversations open at once from one client address; more are refused (close 1013)."
     )
+    hello_timeout_s: float = Field(10.0, gt=0, description="Seconds a new conversation may take to send its hello.")
+    idle_timeout_s: float = Field(
+        600.0, gt=0, description="Seconds without audio or messages after which a conversation is closed."
+    )
+    max_session_s: float = Field(7200.0, gt=0, description="Longest conversation on one connection, in seconds.")
+    llm_requests_per_minute: int = Field(
+        20, ge=1, description="Most LLM requests (turns, typed or spoken) one conversation may start per minute."
+    )
+    send_timeout_s: float = Field(
+        15.0, gt=0, description="Seconds a client may stop reading before its conversation is closed."
+    )
+    resume_grace_s: float = Field(
+        60.0, ge=0, description="Seconds a dropped conversation is kept for its page to resume it (0: never)."
+    )
     api_docs: bool = Field(False, description="Serve the API documentation at /docs and /openapi.json.")
     header_timeout_s: float = Field(
         10.0, gt=0, description="Seconds a client may take to send a request's headers before it is dropped."
