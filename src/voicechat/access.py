@@ -22,6 +22,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import logging
+import re
 import secrets
 import sys
 from dataclasses import dataclass
@@ -126,6 +127,26 @@ class AccessPolicy:
         if "authorization" in headers or CLIENT_HEADER in headers:
             return None
         return "changes need the access token or an X-Voicechat-Client header"
+
+
+_TOKEN_IN_QUERY = re.compile(r"([?&]token=)[^&\s\"']+")
+
+
+class HideTokens(logging.Filter):
+    """Keeps access tokens out of log lines (uvicorn logs each WebSocket's path with its query)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if "token=" in message:
+            record.msg, record.args = _TOKEN_IN_QUERY.sub(r"\1***", message), ()
+        return True
+
+
+def hide_tokens_in_logs() -> None:
+    for name in ("uvicorn.error", "uvicorn.access"):
+        logger = logging.getLogger(name)
+        if not any(isinstance(existing, HideTokens) for existing in logger.filters):
+            logger.addFilter(HideTokens())
 
 
 def _protected(path: str) -> bool:

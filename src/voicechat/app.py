@@ -21,7 +21,7 @@ from starlette.websockets import WebSocketDisconnect
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from voicechat import protocol as p
-from voicechat.access import AccessMiddleware, AccessPolicy, resolve_token
+from voicechat.access import AccessMiddleware, AccessPolicy, hide_tokens_in_logs, resolve_token
 from voicechat.config import Settings
 from voicechat.llm import LLM, LLMError, create_llm
 from voicechat.metrics import Metrics
@@ -112,6 +112,7 @@ def create_app(settings: Settings) -> FastAPI:
     )
     app.state.voicechat = state
     app.add_middleware(AccessMiddleware, policy=AccessPolicy.from_settings(settings, resolve_token(settings)))
+    hide_tokens_in_logs()
     app.include_router(voices_router)
 
     @app.exception_handler(RequestValidationError)

@@ -205,7 +205,8 @@ async def test_every_bad_case_is_refused_and_a_neighbour_talks_on(server, fake_l
         await neighbour.send({"type": "text_message", "content": "What is the capital of France?"})
         answer = await neighbour.wait_for("final_assistant_answer", timeout=120)
         assert answer["content"] == REPLY and not answer["interrupted"]
-    assert "Traceback" not in server.log_tail(2000)
+    log = server.log_tail(2000)
+    assert "Traceback" not in log and TOKEN not in log and "token=***" in log
 
 
 async def test_voice_lifecycle_with_the_token(server) -> None:
