@@ -25,3 +25,11 @@ ensure_debian_packages() {
   $sudo apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}"
 }
+
+# Install a folder's npm packages exactly as its package-lock.json pins them (once per lock change).
+ensure_node_modules() {
+  local folder=$1
+  cmp -s "$folder/package-lock.json" "$folder/node_modules/.installed-lock" && return 0
+  (cd "$folder" && npm ci --no-audit --no-fund --loglevel=error)
+  cp "$folder/package-lock.json" "$folder/node_modules/.installed-lock"
+}

@@ -22,8 +22,10 @@ from prometheus_client import CONTENT_TYPE_LATEST
 
 from voicechat import protocol as p
 from voicechat.access import AccessMiddleware, AccessPolicy, hide_tokens_in_logs, resolve_token
+from voicechat.commands.download_models import CHATTERBOX_REPO
 from voicechat.config import Settings
 from voicechat.llm import LLM, LLMError, create_llm
+from voicechat.loading import LoadProgress, hub_cache_folder, report_until_ready, whisper_repo
 from voicechat.metrics import Metrics
 from voicechat.session import Services, Session
 from voicechat.stt.listener import SpeechModels
@@ -45,6 +47,7 @@ class AppState:
     load_error: str | None = None
     ready: asyncio.Event = field(default_factory=asyncio.Event)  # set when loading ends, well or badly
     sessions: int = 0
+    progress: LoadProgress = field(default_factory=LoadProgress)  # shown on the page while loading
     sessions_by_address: dict[str, int] = field(default_factory=dict)  # client IP -> open conversations
     llm_error: str | None = "not checked yet"
     llm_checked_at: float = float("-inf")
@@ -69,8 +72,14 @@ async def load_services(state: AppState) -> None:
     started = time.monotonic()
     try:
         state.stage = "loading models (Chatterbox, Whisper, VAD, Smart Turn)"
+        tts_name, stt_name = "Chatterbox voice", "Whisper speech recognition"
+        tts_hub = None if settings.checkpoint else hub_cache_folder(CHATTERBOX_REPO)
+        stt_repo = whisper_repo(settings.stt_model)
+        stt_hub = hub_cache_folder(stt_repo) if stt_repo else None
+        state.progress.pre_register(tts_name, stt_name)
         tts, speech = await asyncio.gather(
-            asyncio.to_thread(TTSEngine.load, settings), asyncio.to_thread(SpeechModels.load, settings)
+            asyncio.to_thread(state.progress.run, tts_name, tts_hub, TTSEngine.load, settings),
+            asyncio.to_thread(state.progress.run, stt_name, stt_hub, SpeechModels.load, settings),
         )
         llm = create_llm(settings)
         state.services = Services(settings=settings, tts=tts, speech=speech, llm=llm, metrics=state.metrics)
@@ -162,7 +171,7 @@ def create_app(settings: Settings) -> FastAPI:
         try:
             if not state.ready.is_set():
                 await websocket.send_text(p.server_message("status", state="loading"))
-                await state.ready.wait()
+                await report_until_ready(websocket.send_text, state.progress, state.ready)
             if state.services is None:
                 await websocket.send_text(
                     p.error_message("internal", f"the server could not load its models: {state.load_error}", fatal=True)

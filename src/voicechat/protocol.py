@@ -195,3 +195,9 @@ def server_message(kind: str, **fields: Any) -> str:
 
 def error_message(code: str, message: str, *, fatal: bool = False) -> str:
     return server_message("error", code=code, message=message, fatal=fatal)
+
+
+def loading_message(models: list[dict[str, Any]]) -> str:
+    """Model loading progress, sent before hello while the server loads: each model's name, stage
+    (waiting, downloading, loading, ready, failed), bytes_done and bytes_total (None when unknown)."""
+    return server_message("loading", models=models)

@@ -19,7 +19,7 @@ def test_page_loads_without_console_errors(open_page):
     for name, viewport, dark in [("desktop", DESKTOP, False), ("phone", PHONE, True)]:
         page = open_page(viewport=viewport, dark=dark)
         assert page.title() == "Voice Chat"
-        assert page.text_content("#status-text") == "Ready"
+        assert page.text_content("#status-text") == "Mic off"
         assert page.is_visible("#empty")
         assert page.eval_on_selector("#voice", "s => [...s.options].map(o => o.value)") == ["default"]
         hello = page.stats()
@@ -135,8 +135,15 @@ def test_typing_settings_copy_and_reset(open_page):
     copied = page.evaluate("navigator.clipboard.readText()")
     assert copied == f"You: Hi <b>there</b>\ntwo lines\n\nAssistant: {SHORT_REPLY}"
 
-    # Reset: the screen and the server's history are cleared.
+    # Reset asks first: Escape (or Cancel) keeps everything; Clear clears the screen and the server's history.
     page.click("#reset")
+    page.wait_for_selector("#confirm-dialog[open]")
+    page.keyboard.press("Escape")
+    page.wait_for_function("!document.getElementById('confirm-dialog').open")
+    assert len(bubbles(page, "user")) == 1 and page.sent("clear_history") == []
+    assert page.evaluate("document.activeElement.id") == "reset"
+    page.click("#reset")
+    page.click("#confirm-ok")
     page.wait_received("history_cleared")
     assert bubbles(page, "user") == [] and page.is_visible("#empty")
     assert page.console_errors == []

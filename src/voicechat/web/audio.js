@@ -32,6 +32,9 @@ export class AudioEngine extends EventTarget {
     this.playbackStats = {};
     this.captureFrames = 0;
     this.playing = false;
+    this.micId = ""; // chosen microphone ("" = the system default)
+    this.speakerId = ""; // chosen output device ("" = the system default)
+    this.analyser = null;
   }
 
   /**
@@ -43,6 +46,7 @@ export class AudioEngine extends EventTarget {
       const Context = window.AudioContext || window.webkitAudioContext;
       if (!Context) throw new MicError("unsupported", "This browser cannot play audio from the page (no Web Audio).");
       this.context = new Context({ latencyHint: "interactive" });
+      if (this.speakerId && AudioEngine.canChooseSpeaker) this.context.setSinkId(this.speakerId).catch(() => {});
       this.context.onstatechange = () => this.emit("contextstate", this.context.state);
       if (!this.context.audioWorklet) {
         throw new MicError(
@@ -83,7 +87,40 @@ export class AudioEngine extends EventTarget {
     });
     node.port.onmessage = (event) => this.onPlaybackMessage(event.data);
     node.connect(this.context.destination);
+    // A tap on the output for the page's visual of the assistant's voice.
+    this.analyser ??= Object.assign(this.context.createAnalyser(), { fftSize: 512 });
+    node.connect(this.analyser);
     this.playback = node;
+  }
+
+  /** RMS of the assistant's audio leaving for the speaker right now (0 when silent). */
+  outputLevel() {
+    if (!this.analyser || !this.playing) return 0;
+    this.levelBuffer ??= new Float32Array(this.analyser.fftSize);
+    this.analyser.getFloatTimeDomainData(this.levelBuffer);
+    let sum = 0;
+    for (const s of this.levelBuffer) sum += s * s;
+    return Math.sqrt(sum / this.levelBuffer.length);
+  }
+
+  /** Whether this browser lets a page choose its audio output (Chromium's AudioContext.setSinkId). */
+  static get canChooseSpeaker() {
+    const Context = window.AudioContext || window.webkitAudioContext;
+    return Boolean(Context && "setSinkId" in Context.prototype);
+  }
+
+  /** Play through the output device `deviceId` ("" for the system default); no-op before unlock. */
+  async setSpeaker(deviceId) {
+    this.speakerId = deviceId;
+    if (this.context && AudioEngine.canChooseSpeaker) await this.context.setSinkId(deviceId || "");
+  }
+
+  /** The microphones and speakers the browser reports (names appear once the mic is allowed). */
+  static async devices() {
+    if (!navigator.mediaDevices?.enumerateDevices) return { inputs: [], outputs: [] };
+    const all = await navigator.mediaDevices.enumerateDevices();
+    const pick = (kind) => all.filter((d) => d.kind === kind && d.deviceId && d.deviceId !== "default");
+    return { inputs: pick("audioinput"), outputs: pick("audiooutput") };
   }
 
   onPlaybackMessage(msg) {
@@ -109,7 +146,14 @@ export class AudioEngine extends EventTarget {
     let stream;
     try {
       stream = await navigator.mediaDevices.getUserMedia({
-        audio: { echoCancellation: true, noiseSuppression: true, autoGainControl: true, channelCount: 1 },
+        audio: {
+          echoCancellation: true,
+          noiseSuppression: true,
+          autoGainControl: true,
+          channelCount: 1,
+          // "ideal", not "exact": a microphone that was unplugged falls back to the default one.
+          ...(this.micId ? { deviceId: { ideal: this.micId } } : {}),
+        },
       });
     } catch (err) {
       throw explainMicError(err);

@@ -19,6 +19,7 @@ export class Transcript {
     this.typed = []; // typed messages waiting for the server's final_user_request
     this.assistant = new Map(); // turn id -> bubble element
     this.pendingMetrics = new Map(); // turn id -> metrics that came before the bubble
+    this.closed = new Set(); // turns whose reply is settled (final, failed or removed): never re-created
   }
 
   // --- the user ---------------------------------------------------------------------------------
@@ -38,11 +39,22 @@ export class Transcript {
     this.updateEmpty();
   }
 
-  /** A message the user typed: shown at once, confirmed by the server's final_user_request. */
-  userTyped(text) {
+  /**
+   * A message the user typed: shown at once, confirmed by the server's final_user_request. A queued
+   * one (typed while offline) waits, marked, until queuedSent() after the reconnect.
+   */
+  userTyped(text, queued = false) {
     const item = this.add("user", false);
-    item.classList.add("pending");
+    item.classList.add(queued ? "queued" : "pending");
     this.setText(item, text);
+    if (queued) this.tag(item, "queued", "sends when reconnected");
+    else this.typed.push({ item, text });
+    return item;
+  }
+
+  queuedSent(item, text) {
+    item.classList.replace("queued", "pending");
+    item.querySelector(".tag-queued")?.remove();
     this.typed.push({ item, text });
   }
 
@@ -68,7 +80,7 @@ export class Transcript {
   // --- the assistant ----------------------------------------------------------------------------
   assistantBubble(turnId, create) {
     let item = this.assistant.get(turnId);
-    if (!item && create) {
+    if (!item && create && !this.closed.has(turnId)) {
       item = this.add("assistant", true);
       item.dataset.turn = String(turnId);
       item.classList.add("waiting");
@@ -84,40 +96,94 @@ export class Transcript {
 
   assistantPartial(turnId, text) {
     const item = this.assistantBubble(turnId, true);
+    if (!item || item.classList.contains("interrupted")) return;
     item.classList.remove("waiting");
     this.setText(item, text);
   }
 
-  assistantFinal(turnId, text, interrupted) {
-    const item = this.assistantBubble(turnId, true);
+  /**
+   * The reply as the server keeps it. Interrupted: `text` is what the user heard; the rest of what
+   * was on screen stays, dimmed and marked as not spoken. A reply that never spoke is removed.
+   * `textOnly`: nothing was meant to be spoken, so what was on screen counts as read.
+   */
+  assistantFinal(turnId, text, interrupted, textOnly = false) {
+    const item = this.assistantBubble(turnId, !this.closed.has(turnId));
+    if (!item) return;
+    this.closed.add(turnId);
     item.classList.remove("waiting", "partial");
-    this.setText(item, text);
-    if (interrupted) this.markInterrupted(turnId);
-    if (!text && !interrupted) this.remove(item, turnId);
+    const shown = item.querySelector(".heard").textContent;
+    if (item.classList.contains("failed")) {
+      if ((text || "").length > shown.length) this.setText(item, text);
+      return;
+    }
+    if (!interrupted) {
+      if (!text) return this.remove(item, turnId);
+      this.setText(item, text);
+      return;
+    }
+    if (textOnly) {
+      if (!shown && !text) return this.remove(item, turnId);
+      this.setText(item, shown.length >= (text || "").length ? shown : text);
+    } else {
+      if (!item.classList.contains("spoke")) return this.remove(item, turnId);
+      const heard = text || "";
+      const rest = shown.startsWith(heard) ? shown.slice(heard.length) : "";
+      if (!heard && !rest) return this.remove(item, turnId);
+      this.setText(item, heard, rest);
+    }
+    item.classList.add("interrupted");
+    this.tag(item, "interrupted", "interrupted");
   }
 
-  markInterrupted(turnId) {
-    const item = this.assistantBubble(turnId, false);
-    if (!item || item.classList.contains("interrupted")) return;
-    item.classList.add("interrupted");
-    item.classList.remove("waiting", "speaking");
-    const tag = document.createElement("span");
-    tag.className = "tag";
-    tag.textContent = "interrupted";
-    item.querySelector(".meta").prepend(tag);
+  /** The reply failed (the language model or the voice broke down): say so, and offer a retry. */
+  markFailed(turnId, message, retry) {
+    this.closed.add(turnId);
+    const item = this.assistant.get(turnId);
+    const hasText = item && item.querySelector(".heard").textContent.trim();
+    if (item && !hasText) this.remove(item, turnId);
+    if (!hasText) {
+      this.note(message, "error", retry);
+      return;
+    }
+    item.classList.add("failed");
+    item.classList.remove("waiting", "partial", "speaking");
+    this.tag(item, "failed", "failed");
+    const why = document.createElement("span");
+    why.className = "why";
+    why.textContent = message;
+    const meta = item.querySelector(".meta");
+    meta.append(why);
+    if (retry) meta.append(retryButton(retry));
+    this.scroll(true);
   }
 
   markSpeaking(turnId, speaking) {
-    this.assistantBubble(turnId, false)?.classList.toggle("speaking", speaking);
+    const item = this.assistantBubble(turnId, false);
+    if (!item) return;
+    item.classList.toggle("speaking", speaking);
+    if (speaking) item.classList.add("spoke");
   }
 
   /** Placeholders of replies that never got a word (cancelled or failed) go away. */
   pruneWaiting() {
     for (const [turnId, item] of this.assistant) {
-      if (item.classList.contains("waiting") && !item.classList.contains("interrupted")) {
-        this.remove(item, turnId);
-      }
+      if (item.classList.contains("waiting")) this.remove(item, turnId);
     }
+  }
+
+  /** The turn id of the newest reply still in progress (no final yet), or null. */
+  get activeTurn() {
+    let active = null;
+    for (const turnId of this.assistant.keys()) if (!this.closed.has(turnId)) active = turnId;
+    return active;
+  }
+
+  tag(item, kind, label) {
+    if (item.querySelector(`.tag-${kind}`)) return;
+    const tag = document.createElement("span");
+    tag.className = `tag tag-${kind}`;
+    tag.textContent = label;
+    item.querySelector(".meta").prepend(tag);
   }
 
   metrics(turnId, metrics) {
@@ -180,11 +246,14 @@ export class Transcript {
   }
 
   // --- notes (errors, "conversation cleared") ---------------------------------------------------
-  note(text, kind = "info") {
+  note(text, kind = "info", retry = null) {
     const item = document.createElement("li");
     item.className = `note note-${kind}`;
-    item.setAttribute("role", kind === "error" ? "alert" : "note");
-    item.textContent = text;
+    const body = document.createElement("span");
+    body.className = "note-text";
+    body.textContent = text;
+    item.append(body);
+    if (retry) item.append(retryButton(retry));
     this.list.append(item);
     this.updateEmpty();
     this.scroll(true);
@@ -202,6 +271,7 @@ export class Transcript {
     this.typed = [];
     this.assistant.clear();
     this.pendingMetrics.clear();
+    this.closed.clear();
   }
 
   clear() {
@@ -210,18 +280,27 @@ export class Transcript {
     this.typed = [];
     this.assistant.clear();
     this.pendingMetrics.clear();
+    this.closed.clear();
     this.updateEmpty();
   }
 
-  /** Plain text of the conversation, for the clipboard. */
+  /** Plain text of the conversation as it is on screen, for the clipboard. */
   toText() {
     const lines = [];
-    for (const item of this.list.querySelectorAll(".msg")) {
-      const text = item.querySelector(".text").textContent.trim();
-      if (!text) continue;
+    for (const item of this.list.children) {
+      if (item.classList.contains("note")) {
+        lines.push(`[${item.querySelector(".note-text").textContent.trim()}]`);
+        continue;
+      }
+      const heard = item.querySelector(".heard").textContent.trim();
+      const rest = (item.querySelector(".unheard").dataset.rest ?? "").trim();
+      if (!heard && !rest) continue;
       const who = item.classList.contains("user") ? "You" : "Assistant";
-      const cut = item.classList.contains("interrupted") ? " [interrupted]" : "";
-      lines.push(`${who}: ${text}${cut}`);
+      let line = `${who}: ${heard}`;
+      if (rest) line += `${heard ? " " : ""}[not spoken: ${rest}]`;
+      if (item.classList.contains("failed")) line += " [failed]";
+      else if (item.classList.contains("interrupted")) line += " [interrupted]";
+      lines.push(line);
     }
     return lines.join("\n\n");
   }
@@ -242,6 +321,12 @@ export class Transcript {
     bubble.className = "bubble";
     const text = document.createElement("p");
     text.className = "text";
+    const heard = document.createElement("span");
+    heard.className = "heard";
+    // The part of an interrupted reply that was never spoken: dimmed, and named for screen readers.
+    const unheard = document.createElement("span");
+    unheard.className = "unheard";
+    text.append(heard, unheard);
     bubble.append(who, text);
     const meta = document.createElement("div");
     meta.className = "meta";
@@ -251,15 +336,25 @@ export class Transcript {
     return item;
   }
 
-  setText(item, text) {
+  setText(item, text, rest = "") {
     const stick = this.nearBottom();
-    item.querySelector(".text").textContent = text ?? "";
+    item.querySelector(".heard").textContent = text ?? "";
+    const unheard = item.querySelector(".unheard");
+    unheard.replaceChildren();
+    unheard.dataset.rest = rest;
+    if (rest) {
+      const label = document.createElement("span");
+      label.className = "sr-only";
+      label.textContent = " (not spoken:) ";
+      unheard.append(label, document.createTextNode(rest));
+    }
     this.scroll(stick);
   }
 
   remove(item, turnId) {
     item.remove();
     this.assistant.delete(turnId);
+    this.closed.add(turnId);
     this.updateEmpty();
   }
 
@@ -277,6 +372,18 @@ export class Transcript {
     const scroller = this.list.parentElement;
     scroller.scrollTop = scroller.scrollHeight;
   }
+}
+
+function retryButton(retry) {
+  const button = document.createElement("button");
+  button.type = "button";
+  button.className = "retry";
+  button.textContent = "Retry";
+  button.addEventListener("click", () => {
+    button.disabled = true;
+    retry();
+  });
+  return button;
 }
 
 export function formatMs(ms) {
