@@ -21,6 +21,7 @@ LONG_REPLY = (
     "dry until the evening. Tomorrow brings a few clouds in the morning."
 )
 SCREENSHOTS = Path(os.environ.get("VOICECHAT_TEST_ARTIFACTS", CACHE_DIR / "screenshots"))
+AXE = Path(__file__).parent / "node_modules" / "axe-core" / "axe.min.js"  # npm, via scripts/test.sh
 DESKTOP = {"width": 1280, "height": 800}
 PHONE = {"width": 390, "height": 844}
 
@@ -76,6 +77,16 @@ class Page:
             f"window.voicechat.received().some((m) => m.type === {kind!r})", timeout=timeout_s * 1000, polling=100
         )
         return self.received(kind)[-1]
+
+    def axe_problems(self) -> list[dict]:
+        """axe-core's serious and critical violations (WCAG 2.1 A/AA and best practice) on the page now."""
+        if not self.page.evaluate("Boolean(window.axe)"):
+            self.page.add_script_tag(path=str(AXE))
+        violations = self.page.evaluate(
+            """axe.run(document, {resultTypes: ["violations"]}).then((r) => r.violations.map((v) =>
+                ({id: v.id, impact: v.impact, help: v.help, nodes: v.nodes.slice(0, 4).map((n) => n.target.join(" "))})))"""
+        )
+        return [v for v in violations if v["impact"] in ("serious", "critical")]
 
     def screenshot_as(self, name: str) -> Path:
         SCREENSHOTS.mkdir(parents=True, exist_ok=True)

@@ -108,10 +108,17 @@ def playwright_driver() -> Iterator[object]:
 
 @pytest.fixture
 def open_page(playwright_driver: object, web_server: WebServer) -> Iterator[Callable[..., Page]]:
-    """open_page(wav=None, viewport=DESKTOP, dark=False, mic=True) -> a loaded, connected page."""
+    """open_page(wav=None, viewport=DESKTOP, dark=False, mic=True, fake_socket=None) -> a loaded page,
+    connected to the server unless `fake_socket` (a Playwright WebSocketRoute handler) plays the server."""
     browsers = []
 
-    def open_(wav: Path | None = None, viewport: dict = DESKTOP, dark: bool = False, mic: bool = True) -> Page:
+    def open_(
+        wav: Path | None = None,
+        viewport: dict = DESKTOP,
+        dark: bool = False,
+        mic: bool = True,
+        fake_socket: Callable | None = None,
+    ) -> Page:
         args = [
             "--no-sandbox",
             "--disable-gpu",
@@ -140,8 +147,11 @@ def open_page(playwright_driver: object, web_server: WebServer) -> Iterator[Call
         errors: list[str] = []
         page.on("console", lambda message: errors.append(message.text) if message.type == "error" else None)
         page.on("pageerror", lambda error: errors.append(f"uncaught: {error}"))
+        if fake_socket is not None:
+            page.route_web_socket("**/ws", fake_socket)
         page.goto(web_server.url)
-        page.wait_for_function("window.voicechat && window.voicechat.stats().connected", timeout=30_000)
+        if fake_socket is None:
+            page.wait_for_function("window.voicechat && window.voicechat.stats().connected", timeout=30_000)
         return Page(page, errors)
 
     try:

@@ -778,6 +778,22 @@ document.addEventListener("keydown", (event) => {
   }
 });
 sheetLayout.addEventListener("change", () => setPanel(false));
+// Tab from the sheet's last control wraps to its first (and Shift+Tab the other way), as in a dialog.
+panel.addEventListener("keydown", (event) => {
+  if (event.key !== "Tab" || panel.getAttribute("aria-modal") !== "true") return;
+  const focusable = [...panel.querySelectorAll("button, select, input, summary, [tabindex]")].filter(
+    (element) => !element.disabled && element.offsetParent !== null,
+  );
+  const first = focusable[0];
+  const last = focusable.at(-1);
+  if (event.shiftKey && document.activeElement === first) {
+    event.preventDefault();
+    last.focus();
+  } else if (!event.shiftKey && document.activeElement === last) {
+    event.preventDefault();
+    first.focus();
+  }
+});
 
 function setPanel(open) {
   const wasOpen = document.body.classList.contains("panel-open");
@@ -926,7 +942,6 @@ function render() {
   // Never `disabled`: a disabled button drops the keyboard focus to the page.
   mic.setAttribute("aria-disabled", String(micStarting || Boolean(blocked)));
   $("mic-label").textContent = micStarting ? "Starting…" : audio.micOn ? "Mic on" : "Mic off";
-  mic.setAttribute("aria-label", audio.micOn ? "Microphone on (press to mute)" : "Microphone off (press to turn on)");
   mic.title = audio.micOn ? "Mute the microphone" : "Turn the microphone on";
   showMicReason(blocked || "", $("mic-reason").classList.contains("emphasis"));
 
