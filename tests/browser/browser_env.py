@@ -22,6 +22,14 @@ LONG_REPLY = (
 )
 SCREENSHOTS = Path(os.environ.get("VOICECHAT_TEST_ARTIFACTS", CACHE_DIR / "screenshots"))
 AXE = Path(__file__).parent / "node_modules" / "axe-core" / "axe.min.js"  # npm, via scripts/test.sh
+# axe-core's audit of the page as it is (after AXE is loaded): its violations, each with a few nodes.
+AXE_RUN = """axe.run(document, {resultTypes: ["violations"]}).then((r) => r.violations.map((v) =>
+    ({id: v.id, impact: v.impact, help: v.help, nodes: v.nodes.slice(0, 4).map((n) => n.target.join(" "))})))"""
+
+
+def serious(violations: list[dict]) -> list[dict]:
+    """The violations the page must not have: serious and critical ones."""
+    return [v for v in violations if v["impact"] in ("serious", "critical")]
 DESKTOP = {"width": 1280, "height": 800}
 PHONE = {"width": 390, "height": 844}
 
@@ -82,11 +90,7 @@ class Page:
         """axe-core's serious and critical violations (WCAG 2.1 A/AA and best practice) on the page now."""
         if not self.page.evaluate("Boolean(window.axe)"):
             self.page.add_script_tag(path=str(AXE))
-        violations = self.page.evaluate(
-            """axe.run(document, {resultTypes: ["violations"]}).then((r) => r.violations.map((v) =>
-                ({id: v.id, impact: v.impact, help: v.help, nodes: v.nodes.slice(0, 4).map((n) => n.target.join(" "))})))"""
-        )
-        return [v for v in violations if v["impact"] in ("serious", "critical")]
+        return serious(self.page.evaluate(AXE_RUN))
 
     def screenshot_as(self, name: str) -> Path:
         SCREENSHOTS.mkdir(parents=True, exist_ok=True)

@@ -21,6 +21,8 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+from browser_env import AXE, AXE_RUN, serious
+
 HERE = Path(__file__).parent
 FIREFOX = Path("/usr/bin/firefox-esr")
 MINIBROWSER = Path("/usr/lib/x86_64-linux-gnu/webkit2gtk-4.1/MiniBrowser")
@@ -115,6 +117,7 @@ class Driver:
     def press(self, selector: str, key: str) -> None: ...  # key: "Enter", "ArrowRight"
     def screenshot(self, path: Path) -> None: ...
     def console_errors(self) -> list[str]: ...
+    def axe_problems(self) -> list[dict]: ...  # serious and critical axe-core violations
 
 
 class PlaywrightDriver(Driver):
@@ -147,6 +150,9 @@ class PlaywrightDriver(Driver):
 
     def console_errors(self) -> list[str]:
         return list(self.page.console_errors)
+
+    def axe_problems(self) -> list[dict]:
+        return self.page.axe_problems()
 
 
 class FirefoxDriver(Driver):
@@ -195,6 +201,10 @@ class FirefoxDriver(Driver):
 
     def console_errors(self) -> list[str]:
         return self.call("consoleErrors")
+
+    def axe_problems(self) -> list[dict]:
+        self.call("evaluate", expression=AXE.read_text() + "\n;0")
+        return serious(self.call("evaluate", expression=AXE_RUN))
 
     def close(self) -> None:
         with contextlib.suppress(Exception):
@@ -270,6 +280,10 @@ class WebKitDriver(Driver):
 
     def console_errors(self) -> list[str]:
         return self.driver.execute_script("return window.__errors || [];")
+
+    def axe_problems(self) -> list[dict]:
+        self.driver.execute_script(AXE.read_text())
+        return serious(self.driver.execute_async_script(f"const done = arguments[0]; ({AXE_RUN}).then(done);"))
 
     def close(self) -> None:
         self.driver.quit()

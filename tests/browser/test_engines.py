@@ -137,4 +137,6 @@ def test_main_flows(name, request, web_server, fake_llm, turn_wav):  # noqa: ANN
         driver.wait("JSON.parse(localStorage.getItem('voicechat-prefs')).chosen.speed === 51")
         shot("settings")
         driver.click("#speak-replies")
+        # The accessibility audit, in this engine too.
+        assert driver.axe_problems() == []
         assert driver.console_errors() == []

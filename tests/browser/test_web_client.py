@@ -119,6 +119,8 @@ def test_typing_settings_copy_and_reset(open_page):
     assert bubbles(page, "user") == ["Hi <b>there</b>\ntwo lines"]
     assert page.query_selector("#transcript b") is None
     assert page.sent("text_message") == [{"type": "text_message", "content": "Hi <b>there</b>\ntwo lines"}]
+    # Screen readers hear the finished reply (one polite live region).
+    page.wait_for_function(f"document.getElementById('announcer').textContent === {('Assistant: ' + SHORT_REPLY)!r}")
     page.wait_stats("s.turnsCompleted >= 1", timeout_s=40)
 
     # Turn-speed slider, with the keyboard.
@@ -181,6 +183,8 @@ def test_stop_keeps_the_heard_words_and_dims_the_rest(open_page, fake_llm):
     turn = final["turn_id"]
     page.wait_for_selector(f"#transcript .msg.assistant.interrupted[data-turn='{turn}'] .tag-interrupted")
     heard, rest = reply_parts(page, turn)
+    if rest:
+        assert "not spoken" in page.text_content(f"#transcript .msg.assistant[data-turn='{turn}'] .meta")
     assert heard == final["content"]  # what the server keeps as heard
     assert f"{heard} {rest}".strip() == LONG_REPLY  # the rest stays on screen, dimmed
     # Copy gives what is on screen.

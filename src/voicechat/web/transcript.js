@@ -133,6 +133,12 @@ export class Transcript {
     }
     item.classList.add("interrupted");
     this.tag(item, "interrupted", "interrupted");
+    if (item.querySelector(".unheard").dataset.rest) {
+      const why = document.createElement("span");
+      why.className = "why";
+      why.textContent = "grey words were not spoken";
+      item.querySelector(".tag-interrupted").after(why);
+    }
   }
 
   /** The reply failed (the language model or the voice broke down): say so, and offer a retry. */
