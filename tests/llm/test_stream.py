@@ -54,7 +54,7 @@ async def test_streams_the_reply_and_sends_history_and_sampling_settings(provide
         deltas, first_token_s = await collect(fake, provider, llm_temperature=0.3, llm_max_tokens=77)
         assert "".join(deltas) == DEFAULT_REPLY
         assert len(deltas) > 10  # streamed token by token, not in one piece
-        assert first_token_s is not None and 0.1 <= first_token_s < 1.0
+        assert first_token_s is not None and first_token_s >= 0.1  # the fake waits 0.1 s before it
         (request,) = fake.chat_requests()
         assert request.body["messages"] == MESSAGES
         assert request.body["stream"] is True
@@ -181,7 +181,7 @@ async def test_timeout_before_first_token_closes_the_request(provider: str) -> N
         elapsed = time.monotonic() - started
         assert isinstance(error, LLMTimeout) and error.code == "llm_timeout" and deltas == []
         assert "no reply within 0.3 s" in str(error)
-        assert 0.3 <= elapsed < 1.5
+        assert elapsed >= 0.3  # not before the deadline (the fake would have waited 10 s)
         record = await asyncio.to_thread(fake.wait_chat_ended, -1, 3.0)
         assert record.client_closed and record.tokens_sent == 0
         assert len(fake.chat_requests()) == 1  # a timeout is not retried
@@ -265,7 +265,8 @@ async def test_cancelling_the_consumer_task_then_aclose_closes_the_stream(provid
         llm = create_llm(llm_settings(fake, provider))
         stream = llm.stream(MESSAGES)
         consumer = asyncio.create_task(anext(stream))
-        await asyncio.sleep(0.2)
+        while not fake.chat_requests():  # cancel once the request is out, whatever the machine's speed
+            await asyncio.sleep(0.01)
         consumer.cancel()
         await stream.aclose()
         record = await asyncio.to_thread(fake.wait_chat_ended, -1, 2.0)

@@ -126,10 +126,8 @@ async def test_speech_resumed_after_probably_complete_starts_again(speech_models
 
     listener = Listener(speech_models, speed=0)  # complete wait 0.6 s: the 0.45 s gap stays inside the turn
     events = await feed_all(listener, with_silence(0.3, trimmed(say("What is the capital of France?")), 0.3))
-    for _ in range(100):
+    while not of_type(events, "turn_probably_complete"):  # however long the models take on this machine
         events += await listener.poll()
-        if of_type(events, "turn_probably_complete"):
-            break
         await asyncio.sleep(0.05)
     (hint,) = of_type(events, "turn_probably_complete")
     assert "france" in hint.text.lower() and hint.end_of_speech_s < hint.time_s

@@ -7,7 +7,7 @@ import re
 import unicodedata
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from voicechat.tts.segmenter import CODE_NOTE, Segmenter, speakable
@@ -445,6 +445,10 @@ def test_property_replies_any_delta_boundaries(name: str, cuts: list[int]) -> No
     cuts=st.lists(st.integers(min_value=0), max_size=40),
     max_chars=st.sampled_from([40, 80, 300]),
 )
+# A hard cut at max_chars fell inside the URL: its path was read out ("...hello ex.co m/p.").
+@example(pieces=["Hello"] * 7 + ["https://ex.com/p."], cuts=[], max_chars=40)
+@example(pieces=["Hello"] * 8 + ["[link](http://a.b/c)"], cuts=[3, 30], max_chars=40)
+@example(pieces=["Hello"] * 7 + ["#", "3.14"], cuts=[], max_chars=40)
 def test_property_random_markdown_any_delta_boundaries(
     pieces: list[str], cuts: list[int], max_chars: int
 ) -> None:

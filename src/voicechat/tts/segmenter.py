@@ -310,7 +310,8 @@ class Segmenter:
         return self._cands[-1][0] if self._cands else None
 
     def _hard_cut(self, i: int) -> int:
-        """No break to cut at (one huge token): the longest prefix that fits."""
+        """No break to cut at (one huge token): the longest prefix that fits, but never inside a unit
+        that is cleaned as a whole (a URL is said as its host; cut, its path would be read out)."""
         lo, hi = self._seg + 1, i  # invariant: the prefix ending at lo fits
         while lo < hi:
             mid = (lo + hi + 1) // 2
@@ -318,6 +319,13 @@ class Segmenter:
                 lo = mid
             else:
                 hi = mid - 1
+        for unit in _UNIT.finditer(self._buf, self._seg, i):
+            if unit.start() < lo < unit.end():
+                if unit.start() > self._seg:
+                    return unit.start()  # the unit begins the next segment
+                if len(self._text(self._seg, unit.end())) <= self._max_chars:
+                    return unit.end()  # its spoken form fits, however long its raw text
+                break  # a unit too long to say in one segment: cut it where it must be
         return lo
 
     def _cut(self, end: int) -> None:
@@ -373,6 +381,13 @@ _HTML_TAG = re.compile(r"</?[A-Za-z][A-Za-z0-9]*\s*/?>")
 _OUTER_PIPES = re.compile(r"^\s*\||\|\s*$")
 _TILDE_NUMBER = re.compile(r"~(?=\d)")
 _HASH_NUMBER = re.compile(r"#(?=\d)")
+# What the cleaning rules above read as one piece: a hard cut inside one would change what is said.
+_UNIT = re.compile(
+    "|".join(
+        rule.pattern for rule in (_INLINE_CODE, _IMAGE, _LINK, _CITATION, _URL, _HTML_TAG)
+    )
+    + r"|[~#]\d"
+)
 _SYMBOL_WORDS = (
     ("&", " and "),
     ("%", " percent "),
