@@ -123,6 +123,13 @@ class Settings(BaseSettings):
         description="Speech tokens per streamed chunk (25 tokens = 1 s of audio): smaller gives the first audio "
         "sooner, larger costs less GPU per second of speech.",
     )
+    tts_first_chunk_ref_s: float | None = Field(
+        None,
+        ge=0.2,
+        le=10.0,
+        description="Seconds of the voice's reference prompt that S3Gen uses for a segment's first chunk (its "
+        "cost grows with the prompt); later chunks use all of it. Unset: all of it for every chunk.",
+    )
     tts_warmup: bool = Field(True, description="Run one short generation at start so the first reply is fast.")
 
     # --- Speech to text ------------------------------------------------------------------------
