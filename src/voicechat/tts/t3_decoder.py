@@ -1,0 +1,307 @@
+"""A lean, batched T3 decode loop around chatterbox-streaming's own T3 modules.
+
+``generate_stream`` decodes one stream at a time through Hugging Face's LlamaModel with
+``output_attentions=True`` (which forces eager attention), an alignment hook on layer 9 and a tuple KV
+cache that is re-copied every step. Here the same weights run a loop of our own:
+
+- the Llama layers are driven directly: SDPA attention, no attention outputs, no hooks;
+- every stream owns a *slot*: two rows (the CFG conditional and unconditional rows) of one preallocated
+  KV cache; active streams occupy slots ``0..n-1`` (a leaving stream's slot is refilled by moving the
+  last one into it), so a decode step is one forward pass over the cache's first ``2n`` rows, each row
+  at its own position (ragged lengths: per-row RoPE positions and key masks);
+- sampling is ``inference_stream``'s, per stream: CFG mix ``cond + w * (cond - uncond)``, temperature,
+  repetition penalty 2.0 over the stream's own history (a "seen" mask: bit-identical to HF's gather /
+  scatter processor), top-p 0.8 (HF's own warper), then ``torch.multinomial`` drawing from the stream's
+  own ``torch.Generator``. A stream alone, seeded like the global generator, samples exactly the tokens
+  ``inference_stream`` samples; in a batch it is independent of its neighbours except for float rounding
+  in the batched matrix products (bounded in tests/tts/test_t3_decoder.py).
+
+On CUDA (optional): the transformer runs in bf16 (a copy of the layers, so the fp32 modules stay intact
+for anything else using them), and decode steps are captured as CUDA graphs at fixed batch-size buckets
+(attention then spans the whole cache with a key mask: fixed shapes). A failed capture falls back to
+eager with one logged line. The CPU path never touches any of this.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import torch
+import torch.nn.functional as F
+
+if TYPE_CHECKING:
+    from chatterbox.models.t3.modules.cond_enc import T3Cond
+    from chatterbox.models.t3.t3 import T3
+
+logger = logging.getLogger(__name__)
+
+MAX_NEW_TOKENS = 1000  # generate_stream's hard-coded cap per segment
+REPETITION_PENALTY = 2.0
+TOP_P = 0.8
+SPEECH_VOCAB = 6561  # ids below are speech tokens S3Gen can render
+GRAPH_BUCKETS = (1, 2, 4, 8, 16, 32, 64)
+
+
+class PromptTooLongError(ValueError):
+    """A segment's prompt leaves no room for 1000 speech tokens in a slot."""
+
+
+@dataclass(eq=False)
+class Decoding:
+    """One stream's decode state (owner thread only)."""
+
+    cfg_weight: float
+    temperature: float
+    generator: torch.Generator
+    seen: torch.Tensor  # (vocab,) bool: tokens in this stream's history (start token included)
+    length: int = 0  # positions filled in this stream's KV rows
+    tokens: list[int] = field(default_factory=list)  # sampled so far (the stop token included)
+    logits: torch.Tensor | None = None  # (2, vocab) float32: the next token's cond / uncond logits
+    slot: int = -1
+    done: bool = False
+
+    @property
+    def speech(self) -> list[int]:
+        """The sampled tokens S3Gen can render (start / stop / out-of-range ids dropped)."""
+        return [token for token in self.tokens if token < SPEECH_VOCAB]
+
+
+class T3Decoder:
+    """Decodes up to ``slots`` streams at once on one T3 model. Not thread-safe: owner thread only."""
+
+    def __init__(self, t3: T3, *, slots: int, max_context: int = 1500, bf16: bool = False,
+                 cuda_graphs: bool = False):
+        self.t3 = t3
+        self.device = t3.device
+        self.slots = slots
+        self.max_context = max_context
+        on_cuda = self.device.type == "cuda"
+        self.dtype = torch.bfloat16 if (bf16 and on_cuda) else torch.float32
+        tfmr = t3.tfmr
+        if self.dtype != torch.float32:
+            tfmr = copy.deepcopy(tfmr).to(self.dtype)
+            self._head = copy.deepcopy(t3.speech_head).to(self.dtype)
+        else:
+            self._head = t3.speech_head
+        self._layers = list(tfmr.layers)
+        self._norm = tfmr.norm
+        self._rotary = tfmr.rotary_emb
+        attn = self._layers[0].self_attn
+        self._heads, self._kv_heads, self._head_dim = attn.num_heads, attn.num_key_value_heads, attn.head_dim
+        if self._heads != self._kv_heads:
+            raise ValueError("T3Decoder expects as many key/value heads as query heads (as Chatterbox's T3 has)")
+        shape = (len(self._layers), 2 * slots, self._kv_heads, max_context, self._head_dim)
+        # Zeros, not empty: masked keys still multiply their values by 0, and 0 * NaN would be NaN.
+        self._k = torch.zeros(shape, dtype=self.dtype, device=self.device)
+        self._v = torch.zeros(shape, dtype=self.dtype, device=self.device)
+        self.active: list[Decoding] = []  # active[i].slot == i
+        self.vocab = t3.hp.speech_tokens_dict_size
+        self.stop_token = t3.hp.stop_speech_token
+        self.start_token = t3.hp.start_speech_token
+        self._graphs = _StepGraphs(self) if (cuda_graphs and on_cuda) else None
+
+    # --- joining and leaving ------------------------------------------------------------------
+
+    def prompt(self, t3_cond: T3Cond, text_tokens: torch.Tensor) -> torch.Tensor:
+        """(2, S, dim) prefill embeddings for one segment, built exactly as inference_stream builds
+        them: conditioning + text (zeroed in the CFG row) + start token, then a second start token."""
+        t3 = self.t3
+        text_tokens = torch.atleast_2d(text_tokens).to(dtype=torch.long, device=self.device)
+        start = t3.hp.start_speech_token * torch.ones_like(text_tokens[:, :1])
+        embeds, _ = t3.prepare_input_embeds(t3_cond=t3_cond, text_tokens=text_tokens, speech_tokens=start)
+        bos = torch.tensor([[t3.hp.start_speech_token]], dtype=torch.long, device=self.device)
+        bos_embed = t3.speech_emb(bos) + t3.speech_pos_emb.get_fixed_embedding(0)
+        return torch.cat([embeds, torch.cat([bos_embed, bos_embed])], dim=1)
+
+    def join(self, embeds: torch.Tensor, *, seed: int, cfg_weight: float, temperature: float) -> Decoding:
+        """Take a free slot and prefill it with ``embeds`` (from :meth:`prompt`)."""
+        if len(self.active) >= self.slots:
+            raise RuntimeError("no free decode slot")
+        if embeds.shape[1] + MAX_NEW_TOKENS > self.max_context:
+            raise PromptTooLongError(
+                f"the text is too long for one segment: {embeds.shape[1]} prompt positions, at most "
+                f"{self.max_context - MAX_NEW_TOKENS}")
+        generator = torch.Generator(device=self.device).manual_seed(seed)
+        seen = torch.zeros(self.vocab, dtype=torch.bool, device=self.device)
+        seen[self.start_token] = True  # inference_stream's history starts with the start token
+        stream = Decoding(cfg_weight=cfg_weight, temperature=temperature, generator=generator, seen=seen)
+        stream.slot = len(self.active)
+        stream.logits = self._prefill(stream.slot, embeds)
+        stream.length = embeds.shape[1]
+        self.active.append(stream)
+        return stream
+
+    def leave(self, stream: Decoding) -> None:
+        """Free a stream's slot; the last active stream moves into it (its cache rows are copied)."""
+        if stream not in self.active:
+            return
+        slot, last = stream.slot, self.active[-1]
+        if last is not stream:
+            rows, source = slice(2 * slot, 2 * slot + 2), slice(2 * last.slot, 2 * last.slot + 2)
+            self._k[:, rows, :, :last.length] = self._k[:, source, :, :last.length]
+            self._v[:, rows, :, :last.length] = self._v[:, source, :, :last.length]
+            self.active[slot], last.slot = last, slot
+        self.active.pop()
+        stream.slot, stream.logits = -1, None
+
+    # --- one token step for every active stream -------------------------------------------------
+
+    def sample(self) -> list[int]:
+        """Sample every active stream's next token from its pending logits (in slot order)."""
+        streams = self.active
+        logits = torch.stack([stream.logits for stream in streams])  # (n, 2, vocab)
+        cond, uncond = logits[:, 0], logits[:, 1]
+        weights = torch.tensor([[s.cfg_weight] for s in streams], dtype=logits.dtype, device=logits.device)
+        mixed = cond + weights * (cond - uncond)
+        temperatures = torch.tensor([[s.temperature] for s in streams], dtype=logits.dtype, device=logits.device)
+        mixed = mixed / temperatures  # (inference_stream skips a temperature of 1: x / 1 == x exactly)
+        seen = torch.stack([stream.seen for stream in streams])
+        penalised = torch.where(mixed < 0, mixed * REPETITION_PENALTY, mixed / REPETITION_PENALTY)
+        mixed = torch.where(seen, penalised, mixed)
+        probs = torch.softmax(_top_p(mixed, TOP_P), dim=-1)
+        picks = [torch.multinomial(probs[row:row + 1], 1, generator=stream.generator)
+                 for row, stream in enumerate(streams)]
+        tokens = torch.cat(picks).view(-1)
+        chosen = tokens.tolist()  # the step's one host sync
+        for stream, token in zip(streams, chosen):
+            stream.tokens.append(token)
+            stream.seen[token] = True
+            stream.logits = None
+            if token == self.stop_token or len(stream.tokens) >= MAX_NEW_TOKENS:
+                stream.done = True
+        return chosen
+
+    def forward(self) -> None:
+        """Feed every active, unfinished stream its last sampled token: one batched forward pass.
+        Finished streams must have left (``leave``) before this is called."""
+        streams = self.active
+        if not streams:
+            return
+        assert not any(stream.done for stream in streams), "finished streams leave before the next step"
+        t3, n = self.t3, len(streams)
+        tokens = torch.tensor([stream.tokens[-1] for stream in streams], device=self.device).view(n, 1)
+        speech_positions = torch.tensor([len(stream.tokens) for stream in streams], device=self.device).view(n, 1)
+        embeds = t3.speech_emb(tokens) + t3.speech_pos_emb.emb(speech_positions)  # (n, 1, dim)
+        embeds = embeds.repeat_interleave(2, dim=0)  # the CFG rows see the same speech token
+        positions = torch.tensor([stream.length for stream in streams for _ in (0, 1)], device=self.device)
+        if self._graphs is not None:
+            logits = self._graphs.step(embeds, positions, n)
+        else:
+            logits = self._step(embeds.to(self.dtype), positions, max(s.length for s in streams) + 1)
+        logits = logits.float().view(n, 2, -1)
+        for row, stream in enumerate(streams):
+            stream.logits = logits[row]
+            stream.length += 1
+
+    # --- the transformer ------------------------------------------------------------------------
+
+    def _prefill(self, slot: int, embeds: torch.Tensor) -> torch.Tensor:
+        """Run a stream's prompt (causal), store its keys/values in its slot; (2, vocab) last logits."""
+        rows, length = slice(2 * slot, 2 * slot + 2), embeds.shape[1]
+        x = embeds.to(self.dtype)
+        positions = torch.arange(length, device=self.device).unsqueeze(0).expand(2, -1)
+        cos, sin = self._rotary(x, positions)
+        for index, layer in enumerate(self._layers):
+            q, k, v = self._qkv(layer, x, cos, sin)
+            self._k[index, rows, :, :length] = k
+            self._v[index, rows, :, :length] = v
+            out = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+            x = self._finish_layer(layer, x, out)
+        return self._head(self._norm(x[:, -1])).float()
+
+    def _step(self, x: torch.Tensor, positions: torch.Tensor, keys: int) -> torch.Tensor:
+        """One token for the cache's first ``len(positions)`` rows, each at its own position.
+        x: (rows, 1, dim); attention reads the first ``keys`` cache positions, masked per row."""
+        count = x.shape[0]
+        cos, sin = self._rotary(x, positions.unsqueeze(1))
+        mask = (torch.arange(keys, device=x.device).unsqueeze(0) <= positions.unsqueeze(1)).view(count, 1, 1, keys)
+        rows = torch.arange(count, device=x.device)
+        for index, layer in enumerate(self._layers):
+            q, k, v = self._qkv(layer, x, cos, sin)
+            cache_k, cache_v = self._k[index], self._v[index]
+            cache_k[rows, :, positions] = k[:, :, 0]
+            cache_v[rows, :, positions] = v[:, :, 0]
+            out = F.scaled_dot_product_attention(q, cache_k[:count, :, :keys], cache_v[:count, :, :keys],
+                                                 attn_mask=mask)
+            x = self._finish_layer(layer, x, out)
+        return self._head(self._norm(x[:, -1]))
+
+    def _qkv(self, layer, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor):
+        from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
+
+        attn, (batch, length, _) = layer.self_attn, x.shape
+        hidden = layer.input_layernorm(x)
+        q = attn.q_proj(hidden).view(batch, length, self._heads, self._head_dim).transpose(1, 2)
+        k = attn.k_proj(hidden).view(batch, length, self._kv_heads, self._head_dim).transpose(1, 2)
+        v = attn.v_proj(hidden).view(batch, length, self._kv_heads, self._head_dim).transpose(1, 2)
+        q, k = apply_rotary_pos_emb(q, k, cos, sin)
+        return q, k, v
+
+    def _finish_layer(self, layer, x: torch.Tensor, attended: torch.Tensor) -> torch.Tensor:
+        batch, length = x.shape[:2]
+        x = x + layer.self_attn.o_proj(attended.transpose(1, 2).reshape(batch, length, -1))
+        return x + layer.mlp(layer.post_attention_layernorm(x))
+
+
+def _top_p(scores: torch.Tensor, top_p: float) -> torch.Tensor:
+    """Hugging Face's TopPLogitsWarper (min_tokens_to_keep=1): it works row by row, so one call serves
+    the whole batch."""
+    from transformers.generation.logits_process import TopPLogitsWarper
+
+    return TopPLogitsWarper(top_p=top_p)(None, scores)
+
+
+class _StepGraphs:
+    """CUDA graphs of the decode step, one per batch-size bucket, captured on first use. Attention
+    spans the whole cache (fixed shape) with a per-row key mask; rows past the active streams are
+    padding (position 0 of free slots, results ignored)."""
+
+    def __init__(self, decoder: T3Decoder):
+        self.decoder = decoder
+        self.graphs: dict[int, tuple] = {}
+        self.broken = False
+
+    def step(self, embeds: torch.Tensor, positions: torch.Tensor, streams: int) -> torch.Tensor:
+        decoder = self.decoder
+        bucket = next((b for b in GRAPH_BUCKETS if b >= streams and b <= decoder.slots), None)
+        if self.broken or bucket is None:
+            return decoder._step(embeds.to(decoder.dtype), positions, max(positions.tolist()) + 1)
+        if bucket not in self.graphs:
+            try:
+                self.graphs[bucket] = self._capture(bucket)
+            except Exception as error:  # any capture failure: eager from now on, said once
+                self.broken = True
+                logger.warning("CUDA graph capture of the T3 decode step failed (%s): decoding eagerly", error)
+                return decoder._step(embeds.to(decoder.dtype), positions, max(positions.tolist()) + 1)
+        graph, x_in, pos_in, out = self.graphs[bucket]
+        rows = 2 * streams
+        x_in[:rows].copy_(embeds)
+        x_in[rows:].zero_()
+        pos_in[:rows].copy_(positions)
+        pos_in[rows:].zero_()
+        graph.replay()
+        return out[:rows].clone()
+
+    def _capture(self, bucket: int) -> tuple:
+        decoder = self.decoder
+        rows = 2 * bucket
+        x_in = torch.zeros(rows, 1, decoder._head.in_features, dtype=decoder.dtype, device=decoder.device)
+        pos_in = torch.zeros(rows, dtype=torch.long, device=decoder.device)
+        # Capture writes position 0 of rows that may belong to live streams: keep their keys/values.
+        saved = [(cache[:, :rows, :, 0].clone()) for cache in (decoder._k, decoder._v)]
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            for _ in range(2):  # warm-up outside the graph (allocations, kernel selection)
+                decoder._step(x_in, pos_in, decoder.max_context)
+        torch.cuda.current_stream().wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            out = decoder._step(x_in, pos_in, decoder.max_context)
+        for cache, kept in zip((decoder._k, decoder._v), saved):
+            cache[:, :rows, :, 0] = kept
+        logger.info("T3 decode step captured as a CUDA graph for %d streams", bucket)
+        return graph, x_in, pos_in, out
