@@ -15,6 +15,9 @@ BACKCHANNEL_WORDS = frozenset(
     """mm mmm mhm mmhmm hm hmm uh huh uhhuh um umm ah oh ooh yeah yep yes yup ok okay right sure
     cool nice alright wow really i see got it gotcha true exactly indeed totally great""".split()
 )
+# Words a transcriber adds when several backchannels in a row are merged into one utterance
+# ("mm-hmm ... okay ... uh-huh" came back as "And then... Okay."): glue, never a request.
+_GLUE_WORDS = frozenset("and then so well oh like".split())
 _WORD = re.compile(r"[a-z0-9']+")
 
 
@@ -24,9 +27,14 @@ def words(text: str) -> list[str]:
 
 
 def is_backchannel(text: str) -> bool:
-    """True for short acknowledgements ("mm-hmm", "yeah right", "okay") that should not stop a reply."""
+    """True for acknowledgements ("mm-hmm", "yeah right", "okay") that should not stop a reply, also
+    several in a row merged into one transcript and embellished by the transcriber ("Mm-hmm. Okay.
+    Uh-huh.", "And then... Okay."): every word is a backchannel or glue, and one is a backchannel."""
     spoken = words(text)
-    return len(spoken) <= 3 and all(word in BACKCHANNEL_WORDS for word in spoken)
+    return (
+        any(word in BACKCHANNEL_WORDS for word in spoken)
+        and all(word in BACKCHANNEL_WORDS or word in _GLUE_WORDS for word in spoken)
+    )
 
 
 def is_echo(text: str, assistant_text: str, *, overlap: float = 0.6) -> bool:

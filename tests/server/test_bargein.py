@@ -9,12 +9,19 @@ from voicechat.bargein import BargeInPolicy, is_backchannel, is_echo
 ASSISTANT = "The capital of France is Paris. It is known for the Eiffel Tower and fine food."
 
 
-@pytest.mark.parametrize("text", ["Mm-hmm.", "yeah", "Okay.", "uh huh", "right, right", "I see."])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "Mm-hmm.", "yeah", "Okay.", "uh huh", "right, right", "I see.",
+        # several in a row, merged by the transcriber and embellished with words of its own
+        "Mm-hmm. Okay. Uh-huh.", "And then... Okay.", "Mm-hmm, okay, uh-huh, yeah, right.", "Oh, okay, and then, mm-hmm.",
+    ],
+)
 def test_backchannels(text: str) -> None:
     assert is_backchannel(text)
 
 
-@pytest.mark.parametrize("text", ["wait, stop", "What about Germany?", "no that's wrong"])
+@pytest.mark.parametrize("text", ["wait, stop", "What about Germany?", "no that's wrong", "and then what", "okay, but why", "Then"])
 def test_not_backchannels(text: str) -> None:
     assert not is_backchannel(text)
 
@@ -29,6 +36,9 @@ def test_policy() -> None:
     policy = BargeInPolicy()
     assert policy.should_interrupt("wait, what about Germany", 0.9, ASSISTANT, client_playing=False)
     assert not policy.should_interrupt("mm-hmm", 1.0, ASSISTANT, client_playing=False)  # backchannel
+    # three backchannels 1.2 s apart, merged into one utterance and embellished: still no interruption
+    assert not policy.should_interrupt("And then... Okay.", 3.5, ASSISTANT, client_playing=False)
+    assert not policy.should_interrupt("Mm-hmm. Okay. Uh-huh.", 3.5, ASSISTANT, client_playing=True)
     assert not policy.should_interrupt("wait stop", 0.2, ASSISTANT, client_playing=False)  # a cough-length burst
     assert not policy.should_interrupt("the Eiffel tower and fine food", 2.0, ASSISTANT, client_playing=True)
     # While the client plays audio, two words are not enough (the echo canceller may leak).
