@@ -51,7 +51,7 @@ def running_server(
     *,
     checkpoint: Path,
     stt_model: Path,
-    llm_url: str,
+    llm_url: str | None,  # None: no --base-url (the local provider needs no server)
     provider: str = "ollama",
     model: str = "llama3.2:3b",  # the fake LLM's default model
     port: int | None = None,
@@ -66,7 +66,7 @@ def running_server(
         sys.executable, "-m", "voicechat.cli", "serve",
         "--host", "127.0.0.1", "--port", str(port),
         "--checkpoint", str(checkpoint), "--stt-model", str(stt_model), "--device", "cpu",
-        "--provider", provider, "--base-url", llm_url, "--model", model,
+        "--provider", provider, "--model", model, *(["--base-url", llm_url] if llm_url else []),
     ]  # fmt: skip
     process_env = {
         **os.environ,

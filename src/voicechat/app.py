@@ -25,6 +25,7 @@ from voicechat.access import AccessMiddleware, AccessPolicy, hide_tokens_in_logs
 from voicechat.commands.download_models import CHATTERBOX_REPO
 from voicechat.config import Settings
 from voicechat.llm import LLM, LLMError, create_llm
+from voicechat.llm.local import LocalLLM
 from voicechat.loading import LoadProgress, hub_cache_folder, report_until_ready, whisper_repo
 from voicechat.metrics import Metrics
 from voicechat.session import Services, Session
@@ -36,6 +37,7 @@ log = logging.getLogger(__name__)
 
 WEB_DIR = Path(__file__).parent / "web"
 LLM_CHECK_INTERVAL_S = 5.0
+LOCAL_LLM_NAME = "Language model"
 
 
 @dataclass
@@ -66,22 +68,34 @@ class AppState:
             log.warning("LLM not ready: %s", error)
 
 
+async def load_local_llm(state: AppState, llm: LocalLLM) -> None:
+    """Load the local provider's model. Its failure (offline without a copy, a bad path) leaves the rest
+    of the server up: /readyz and every turn then give its one plain sentence, as for a missing server."""
+    hub = hub_cache_folder(llm.hub_repo) if llm.hub_repo else None
+    try:
+        await asyncio.to_thread(state.progress.run, LOCAL_LLM_NAME, hub, llm.load)
+    except LLMError as error:
+        log.error("language model not loaded: %s", error)
+
+
 async def load_services(state: AppState) -> None:
     """Load every model once, warm it up, and log how long it took."""
     settings = state.settings
     started = time.monotonic()
     try:
-        state.stage = "loading models (Chatterbox, Whisper, VAD, Smart Turn)"
+        llm = create_llm(settings)
+        local = isinstance(llm, LocalLLM)  # a model in this process loads beside the others
+        state.stage = "loading models (Chatterbox, Whisper, VAD, Smart Turn" + (", language model)" if local else ")")
         tts_name, stt_name = "Chatterbox voice", "Whisper speech recognition"
         tts_hub = None if settings.checkpoint else hub_cache_folder(CHATTERBOX_REPO)
         stt_repo = whisper_repo(settings.stt_model)
         stt_hub = hub_cache_folder(stt_repo) if stt_repo else None
-        state.progress.pre_register(tts_name, stt_name)
-        tts, speech = await asyncio.gather(
+        state.progress.pre_register(tts_name, stt_name, *([LOCAL_LLM_NAME] if local else []))
+        tts, speech, _ = await asyncio.gather(
             asyncio.to_thread(state.progress.run, tts_name, tts_hub, TTSEngine.load, settings),
             asyncio.to_thread(state.progress.run, stt_name, stt_hub, SpeechModels.load, settings),
+            load_local_llm(state, llm) if local else asyncio.sleep(0),
         )
-        llm = create_llm(settings)
         state.services = Services(settings=settings, tts=tts, speech=speech, llm=llm, metrics=state.metrics)
         state.metrics.track_tts_streams(lambda: tts.active_streams)
         state.stage = "ready"

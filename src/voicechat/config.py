@@ -22,6 +22,11 @@ DEFAULT_SYSTEM_PROMPT = (
     "If one of your earlier replies ends with a dash, the user interrupted you there and did not hear the rest."
 )
 
+# Default models when VOICECHAT_MODEL is unset (docs/llm.md says why these).
+LOCAL_MODEL_GPU = "Qwen/Qwen2.5-1.5B-Instruct"
+LOCAL_MODEL_CPU = "Qwen/Qwen2.5-0.5B-Instruct"
+SERVER_MODEL = "llama3.2:3b"
+
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
@@ -152,12 +157,21 @@ class Settings(BaseSettings):
     )
 
     # --- Language model ------------------------------------------------------------------------
-    provider: Literal["ollama", "openai"] = Field("ollama", description="LLM provider.")
+    provider: Literal["local", "ollama", "openai"] = Field(
+        "local",
+        description="LLM provider: local (a model run in this process on the app's device), ollama, or openai "
+        "(any OpenAI-compatible server).",
+    )
     base_url: str | None = Field(
         None,
         description="LLM server URL. Unset: http://localhost:11434 (ollama) or the OpenAI API (openai).",
     )
-    model: str = Field("llama3.2:3b", description="LLM model name.")
+    model: str | None = Field(
+        None,
+        description="LLM model: for local, a Hugging Face hub id or a local model directory; for a server, its "
+        f"model name. Unset: local uses {LOCAL_MODEL_GPU} on a GPU, {LOCAL_MODEL_CPU} on CPU; servers "
+        f"{SERVER_MODEL}.",
+    )
     api_key: str | None = Field(
         None, description="API key for OpenAI-compatible servers (OPENAI_API_KEY is used when unset)."
     )
@@ -187,7 +201,7 @@ class Settings(BaseSettings):
         12_000, ge=500, description="Budget of the conversation history sent to the LLM, in characters."
     )
 
-    @field_validator("voice", "system_prompt_file", "checkpoint", "access_token", "api_key_file", mode="before")
+    @field_validator("voice", "system_prompt_file", "checkpoint", "access_token", "api_key_file", "model", mode="before")
     @classmethod
     def _empty_is_none(cls, value: object) -> object:
         return None if value == "" else value
@@ -205,6 +219,17 @@ class Settings(BaseSettings):
         if value is not None and not value.is_file():
             raise ValueError(f"{value} is not a file")
         return value
+
+    def llm_model(self) -> str:
+        """The model setting, or the provider's default when it is unset: the one place this rule lives.
+        A server's model name is never given to the local provider, nor a hub id to a server."""
+        if self.model is not None:
+            return self.model
+        if self.provider != "local":
+            return SERVER_MODEL
+        from voicechat.tts.engine import detect_device  # imports torch: only the local provider pays
+
+        return LOCAL_MODEL_CPU if detect_device(self.device) == "cpu" else LOCAL_MODEL_GPU
 
     def effective_system_prompt(self) -> str:
         if self.system_prompt_file is not None:

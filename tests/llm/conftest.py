@@ -4,6 +4,7 @@ exception escapes into the event loop."""
 from __future__ import annotations
 
 import socket
+from pathlib import Path
 
 import pytest
 
@@ -35,3 +36,11 @@ def provider(request: pytest.FixtureRequest) -> str:
     return request.param
 
 
+
+
+@pytest.fixture(scope="session")
+def tiny_llm(cache_dir: Path) -> Path:
+    """The tiny hand-set Qwen2 checkpoint (voicechat make-checkpoint --llm), built once and cached."""
+    from voicechat.llm.tiny_checkpoint import ensure_tiny_llm
+
+    return ensure_tiny_llm(cache_dir / "tiny-llm")

@@ -39,7 +39,7 @@ def test_chat_streams_the_reply_and_prints_time_to_first_token(tmp_path: Path) -
 
 def test_chat_unknown_model_exits_nonzero_with_the_plain_words_message(tmp_path: Path) -> None:
     with FakeLLM() as fake:
-        result = chat(tmp_path, "Hi", "--base-url", fake.url, "--model", "nope:1b")
+        result = chat(tmp_path, "Hi", "--provider", "ollama", "--base-url", fake.url, "--model", "nope:1b")
     assert result.returncode == 1 and result.stdout == ""
     assert "run `ollama pull nope:1b`" in result.stderr and "Traceback" not in result.stderr
 
@@ -53,7 +53,7 @@ def test_chat_unreachable_server(tmp_path: Path) -> None:
 
 def test_chat_error_mid_reply_keeps_what_arrived(tmp_path: Path) -> None:
     with FakeLLM(Script(reply="One two three four.", cut_after=2)) as fake:
-        result = chat(tmp_path, "Hi", "--base-url", fake.url)
+        result = chat(tmp_path, "Hi", "--provider", "ollama", "--base-url", fake.url)
     assert result.returncode == 1
     assert result.stdout == "One two\n" and "error (llm_error)" in result.stderr
 
@@ -67,9 +67,18 @@ def test_fake_server_runs_as_its_own_process_for_other_tests(tmp_path: Path) -> 
     try:
         url = server.stdout.readline().strip()  # type: ignore[union-attr]
         assert url.startswith("http://127.0.0.1:")
-        result = chat(tmp_path, "Hi", "--base-url", url)
+        result = chat(tmp_path, "Hi", "--provider", "ollama", "--base-url", url)
         assert result.returncode == 0, result.stderr
         assert result.stdout == "Hi from afar.\n"
     finally:
         server.terminate()
         assert server.wait(timeout=10) == 0
+
+
+def test_chat_with_the_local_model_needs_no_server(tmp_path: Path, tiny_llm: Path) -> None:
+    from voicechat.llm.tiny_checkpoint import REPLIES
+
+    result = chat(tmp_path, "Tell me about the sea", "--provider", "local", "--model", str(tiny_llm))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == REPLIES["sea"] + "\n"
+    assert f"[local {tiny_llm}: first token" in result.stderr

@@ -13,13 +13,14 @@ import time
 
 from voicechat.config import Settings, load_settings
 from voicechat.llm import History, LLMError, create_llm
+from voicechat.llm.local import LocalLLM
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("prompt", help="what to say to the model")
-    parser.add_argument("--provider", choices=["ollama", "openai"], default=None, help="LLM provider")
+    parser.add_argument("--provider", choices=["local", "ollama", "openai"], default=None, help="LLM provider")
     parser.add_argument("--base-url", default=None, help="LLM server URL")
-    parser.add_argument("--model", default=None, help="model name")
+    parser.add_argument("--model", default=None, help="model: hub id or directory (local), or the server's model name")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -38,6 +39,8 @@ async def _chat(settings: Settings, system_prompt: str, prompt: str) -> int:
     llm = create_llm(settings)
     wrote = False
     try:
+        if isinstance(llm, LocalLLM):
+            await asyncio.to_thread(llm.load)
         await llm.check_ready()
         history = History(system_prompt, settings.history_max_chars)
         history.add_user(prompt)

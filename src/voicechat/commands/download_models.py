@@ -2,8 +2,8 @@
 
 What `voicechat serve` would otherwise download on its first start: the Chatterbox files (into the
 Hugging Face cache, exactly where ``ChatterboxTTS.from_pretrained`` looks for them) and the
-faster-whisper model. A setting that names a local directory is checked instead of downloaded.
-``--ollama`` also pulls the LLM (``VOICECHAT_MODEL``) on the Ollama server. Silero VAD and Smart Turn
+faster-whisper model, and with the ``local`` LLM provider (the default) its model. A setting that names a
+local directory is checked instead of downloaded. ``--ollama`` also pulls the LLM (``VOICECHAT_MODEL``) on the Ollama server. Silero VAD and Smart Turn
 ship inside the pipecat-ai wheel: nothing to fetch.
 """
 
@@ -41,6 +41,8 @@ def run(args: argparse.Namespace) -> int:
         ("Chatterbox", fetch_chatterbox),
         ("faster-whisper", fetch_whisper),
     ]
+    if settings.provider == "local":
+        steps.append(("language model", fetch_local_llm))
     if args.ollama:
         steps.append(("Ollama", pull_ollama_model))
     failed = 0
@@ -96,6 +98,21 @@ def fetch_whisper(settings: Settings) -> str:
     return f"{settings.stt_model} in {folder} ({_size(list(folder.iterdir()))})"
 
 
+def fetch_local_llm(settings: Settings) -> str:
+    """The local provider's model (VOICECHAT_MODEL, or the default for this machine's device)."""
+    from voicechat.llm import LLMError
+    from voicechat.llm.local_model import hub_repo, model_dir
+
+    source = settings.llm_model()
+    try:
+        folder = model_dir(source)
+    except LLMError as error:
+        raise DownloadError(str(error)) from None
+    if hub_repo(source) is None:
+        return f"local model {folder.resolve()}, nothing to download"
+    return f"{source} in {folder} ({_size(list(folder.iterdir()))})"
+
+
 def pull_ollama_model(settings: Settings) -> str:
     if settings.provider != "ollama":
         raise DownloadError(f"--ollama needs VOICECHAT_PROVIDER=ollama (it is {settings.provider})")
@@ -108,12 +125,12 @@ def pull_ollama_model(settings: Settings) -> str:
     headers = {"Authorization": f"Bearer {key}"} if (key := settings.effective_api_key()) else None
     try:
         with ollama.Client(host=url, headers=headers) as client:
-            _show_pull(client.pull(settings.model, stream=True))
+            _show_pull(client.pull(settings.llm_model(), stream=True))
     except ollama.ResponseError as error:
-        raise DownloadError(f"Ollama at {url} could not pull {settings.model!r}: {error.error}") from None
+        raise DownloadError(f"Ollama at {url} could not pull {settings.llm_model()!r}: {error.error}") from None
     except Exception as error:  # noqa: BLE001 - connection refused, DNS, timeouts
         raise DownloadError(f"cannot reach Ollama at {url} (VOICECHAT_BASE_URL): {_reason(error)}") from None
-    return f"{settings.model} is on {url}"
+    return f"{settings.llm_model()} is on {url}"
 
 
 def _show_pull(progress_stream: Iterable) -> None:

@@ -15,9 +15,9 @@ FLAGS = {
     "--voice": ("voice", str, "reference WAV for the default voice"),
     "--device": ("device", str, "torch device for Chatterbox: auto, cuda, mps, cpu"),
     "--stt-model": ("stt_model", str, "faster-whisper model name or local directory"),
-    "--provider": ("provider", str, "LLM provider: ollama or openai"),
+    "--provider": ("provider", str, "LLM provider: local (default), ollama or openai"),
     "--base-url": ("base_url", str, "LLM server URL"),
-    "--model": ("model", str, "LLM model name"),
+    "--model": ("model", str, "LLM model: hub id or directory (local), or the server's model name"),
     "--max-sessions": ("max_sessions", int, "most conversations at once"),
 }
 
@@ -37,7 +37,7 @@ def run(args: argparse.Namespace) -> int:
     level = args.log_level or settings.log_level
     logging.getLogger().setLevel(level.upper())
     logging.getLogger(__name__).info(
-        "serving on http://%s:%s (LLM: %s %s)", settings.host, settings.port, settings.provider, settings.model
+        "serving on http://%s:%s (LLM: %s %s)", settings.host, settings.port, settings.provider, settings.llm_model()
     )
     uvicorn.run(
         create_app(settings),

@@ -1,4 +1,5 @@
-"""The LLM: streamed replies from Ollama or an OpenAI-compatible server, and the conversation history.
+"""The LLM: streamed replies from a model in this process, Ollama or an OpenAI-compatible server, and the
+conversation history.
 
 The server needs only what this module exports; see docs/llm.md.
 """
@@ -10,8 +11,10 @@ from typing import TYPE_CHECKING
 from voicechat.llm.base import LLM, LLMStream
 from voicechat.llm.errors import (
     LLMAuthError,
+    LLMContextOverflow,
     LLMError,
     LLMModelNotFound,
+    LLMOutOfMemory,
     LLMRateLimited,
     LLMStreamError,
     LLMTimeout,
@@ -28,8 +31,10 @@ __all__ = [
     "LLM",
     "History",
     "LLMAuthError",
+    "LLMContextOverflow",
     "LLMError",
     "LLMModelNotFound",
+    "LLMOutOfMemory",
     "LLMRateLimited",
     "LLMStream",
     "LLMStreamError",
@@ -44,6 +49,10 @@ def create_llm(settings: Settings) -> LLM:
     """The configured provider's client. Nothing is contacted until check_ready() or stream()."""
     register_secret(settings.effective_api_key())
     # Imported here: each client library costs import time, and only one is used.
+    if settings.provider == "local":
+        from voicechat.llm.local import LocalLLM
+
+        return LocalLLM(settings)
     if settings.provider == "ollama":
         from voicechat.llm.ollama import OllamaLLM
 

@@ -46,6 +46,18 @@ class LLMStreamError(LLMError):
     code = "llm_error"
 
 
+class LLMContextOverflow(LLMError):
+    """The conversation does not fit the local model's context, even after trimming the history."""
+
+    code = "llm_error"
+
+
+class LLMOutOfMemory(LLMError):
+    """The local model ran out of memory on its device, even after trimming the history."""
+
+    code = "llm_error"
+
+
 _SECRETS: set[str] = set()  # the API key(s) in use: never shown, whatever a server echoes back
 _CREDENTIALS = re.compile(
     r"(?i)(bearer\s+|(?:api[_-]?key|token|password|secret|key)[\"']?\s*[:=]\s*[\"']?)[^\s\"',;&]+"

@@ -31,7 +31,7 @@ DEFAULT_URL = "http://localhost:11434"
 class OllamaLLM:
     def __init__(self, settings: Settings) -> None:
         self._settings = settings
-        self._model = settings.model
+        self._model = settings.llm_model()
         self._url = (settings.base_url or DEFAULT_URL).rstrip("/")
         self._where = f"Ollama at {redact_url(self._url)}"
         self.name = f"ollama {self._model} at {redact_url(self._url)}"

@@ -39,7 +39,7 @@ def normalize_base_url(url: str | None) -> str | None:
 class OpenAILLM:
     def __init__(self, settings: Settings) -> None:
         self._settings = settings
-        self._model = settings.model
+        self._model = settings.llm_model()
         base_url = normalize_base_url(settings.base_url)
         # Local servers need no key, but the client insists on one.
         api_key = settings.effective_api_key() or os.environ.get("OPENAI_API_KEY") or "no-key"
