@@ -98,6 +98,7 @@ async def load_services(state: AppState) -> None:
         )
         state.services = Services(settings=settings, tts=tts, speech=speech, llm=llm, metrics=state.metrics)
         state.metrics.track_tts_streams(lambda: tts.active_streams)
+        state.metrics.track_tts_load(lambda: tts.utilization)
         state.stage = "ready"
         log.info("models loaded and warmed up in %.1f s", time.monotonic() - started)
         await state.check_llm(llm)
@@ -158,7 +159,16 @@ def create_app(settings: Settings) -> FastAPI:
         await state.check_llm(state.services.llm)
         if state.llm_error is not None:
             return JSONResponse({"ready": False, "reason": f"language model: {state.llm_error}"}, 503)
-        return JSONResponse({"ready": True, "sessions": state.sessions, "max_sessions": settings.max_sessions})
+        tts = state.services.tts
+        full = state.sessions >= session_cap() or tts.full
+        return JSONResponse({"ready": True, "full": full, "sessions": state.sessions, "max_sessions": session_cap(),
+                             "tts_streams": tts.active_streams, "tts_max_streams": tts.max_streams})
+
+    def session_cap() -> int:
+        """Conversations served at once: VOICECHAT_MAX_SESSIONS, and no more than the speech engine keeps
+        in real time (each conversation speaks one stream at a time)."""
+        tts = state.services.tts if state.services is not None else None
+        return settings.max_sessions if tts is None else min(settings.max_sessions, tts.max_streams)
 
     @app.get("/metrics")
     async def metrics() -> Response:
@@ -173,8 +183,8 @@ def create_app(settings: Settings) -> FastAPI:
     async def conversation(websocket: WebSocket) -> None:
         await websocket.accept()
         address = websocket.client.host if websocket.client else "unknown"
-        if state.sessions >= settings.max_sessions:
-            busy = f"the server is busy with {settings.max_sessions} conversations; try again later"
+        if state.sessions >= session_cap():
+            busy = f"the server is busy with {session_cap()} conversations; try again later"
             return await refuse(websocket, "server_full", busy)
         if state.sessions_by_address.get(address, 0) >= settings.max_sessions_per_ip:
             many = f"{settings.max_sessions_per_ip} conversations are already open from your address; close one first"

@@ -135,6 +135,25 @@ class Settings(BaseSettings):
         description="Seconds of the voice's reference prompt that S3Gen uses for a segment's first chunk (its "
         "cost grows with the prompt); later chunks use all of it. Unset: all of it for every chunk.",
     )
+    tts_first_chunk_tokens: int = Field(
+        10,
+        ge=1,
+        le=200,
+        description="Speech tokens in a stream's first chunk (then chunk_size each): fewer gives the first audio "
+        "sooner.",
+    )
+    tts_max_streams: int | None = Field(
+        None,
+        ge=1,
+        le=64,
+        description="Speech streams the engine serves at once (decoded in one batch); more are refused (server "
+        "busy). Unset: 8 on CUDA (an estimate for one H100-class GPU), 4 on MPS, 16 on CPU (a memory bound, "
+        "not a real-time promise).",
+    )
+    tts_bf16: bool = Field(True, description="On CUDA, run Chatterbox's T3 decoder in bfloat16 (CPU stays float32).")
+    tts_cuda_graphs: bool = Field(
+        True, description="On CUDA, replay T3 decode steps as CUDA graphs (falls back to eager if capture fails)."
+    )
     tts_warmup: bool = Field(True, description="Run one short generation at start so the first reply is fast.")
 
     # --- Speech to text ------------------------------------------------------------------------

@@ -46,10 +46,19 @@ class Metrics:
             "voicechat_stt_seconds", "Final transcription after end of turn.", buckets=LATENCY_BUCKETS, registry=r
         )
         self.tts_streams = Gauge("voicechat_tts_streams_active", "TTS streams generating audio.", registry=r)
+        self.tts_load = Gauge(
+            "voicechat_tts_load",
+            "TTS streams as a share of what the engine keeps in real time (1 = full: more are refused).",
+            registry=r,
+        )
 
     def track_tts_streams(self, count: Callable[[], int]) -> None:
         """Read the TTS engine's live stream count at each scrape."""
         self.tts_streams.set_function(count)
+
+    def track_tts_load(self, load: Callable[[], float]) -> None:
+        """Read the TTS engine's load (active streams / its capacity) at each scrape."""
+        self.tts_load.set_function(load)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -16,61 +16,56 @@ ALICE = TTSParams(voice="alice", seed=11)
 BOB = TTSParams(voice="bob", seed=22)
 
 
+async def _spoken(engine: TTSEngine, params: TTSParams, order: list[str] | None = None) -> tuple[np.ndarray, list[int]]:
+    """A stream's audio and its speech tokens (``order`` records the arrival of each chunk)."""
+    stream = engine.stream(TEXT, params)
+    chunks = []
+    async for chunk in stream:
+        if order is not None:
+            order.append(params.voice)
+        chunks.append(chunk)
+    return np.concatenate(chunks), stream._job.tokens
+
+
 async def test_voices_never_mix_whether_alternating_or_concurrent(engine: TTSEngine) -> None:
-    alone_alice = await collect(engine.stream(TEXT, ALICE))
-    alone_bob = await collect(engine.stream(TEXT, BOB))
+    """Alone, a stream is bit-exact across runs. Together, two streams decode in one batch and render in
+    one batch: each samples exactly its solo tokens (per-stream generators; its batched logits differ
+    from its solo logits only by float rounding, tests/tts/test_t3_decoder.py) and its audio equals its
+    solo audio within float rounding of the batched S3Gen (int16: a few steps; tests/tts/test_render.py)."""
+    alone_alice, alice_tokens = await _spoken(engine, ALICE)
+    alone_bob, bob_tokens = await _spoken(engine, BOB)
     # The test can tell voices apart: the same seed with the other voice sounds different.
-    assert not np.array_equal(alone_alice, await collect(engine.stream(TEXT, TTSParams(voice="bob", seed=11))))
-    # Concurrent: both streams interleave chunk by chunk on the one model.
+    assert not np.array_equal((await _spoken(engine, TTSParams(voice="bob", seed=11)))[0], alone_alice)
     order: list[str] = []
-
-    async def tagged(name: str, params: TTSParams) -> np.ndarray:
-        chunks = []
-        async for chunk in engine.stream(TEXT, params):
-            order.append(name)
-            chunks.append(chunk)
-        return np.concatenate(chunks)
-
-    together_alice, together_bob = await asyncio.gather(tagged("alice", ALICE), tagged("bob", BOB))
+    (together_alice, alice_tokens_2), (together_bob, bob_tokens_2) = await asyncio.gather(
+        _spoken(engine, ALICE, order), _spoken(engine, BOB, order))
     assert "alice" in order[order.index("bob"):], "the streams really interleaved"
-    assert np.array_equal(together_alice, alone_alice)
-    assert np.array_equal(together_bob, alone_bob)
-    # And after all that alternating, alice alone is still alice alone.
-    assert np.array_equal(await collect(engine.stream(TEXT, ALICE)), alone_alice)
+    assert alice_tokens_2 == alice_tokens and bob_tokens_2 == bob_tokens
+    for together, alone in ((together_alice, alone_alice), (together_bob, alone_bob)):
+        assert len(together) == len(alone)
+        assert np.abs(together.astype(int) - alone).max() <= 8, "within float rounding (int16 steps)"
+    # And after all that, alice alone is still bit-exactly alice alone.
+    assert np.array_equal((await _spoken(engine, ALICE))[0], alone_alice)
 
 
-async def test_a_new_stream_goes_first_then_the_listener_closest_to_running_out(engine: TTSEngine) -> None:
-    """Earliest deadline first, seen from the listeners: a newcomer is served at the next chunk
-    boundary; after that, each chunk goes to the stream whose listener runs out of audio soonest
-    (deadline = its first chunk's arrival + the seconds of audio it has received)."""
-    loop = asyncio.get_running_loop()
-    first: dict[str, float] = {}
-    audio_s = {"A": 0.0, "B": 0.0}
-    running = {"A": True, "B": False}
+async def test_a_new_stream_gets_its_first_chunk_while_another_speaks(engine: TTSEngine) -> None:
+    """A newcomer joins the batch at the next token step and its first chunk arrives within a couple of
+    the older stream's chunks; from then on both advance together, one token per step each, so their
+    chunks alternate. (Who takes a free decoder slot first is earliest deadline first:
+    test_earliest_deadline_first.)"""
     arrivals: list[str] = []
-    late_picks: list[str] = []
 
     async def listen(name: str, stream) -> None:
-        running[name] = True
-        async for chunk in stream:
-            other = "B" if name == "A" else "A"
-            if name in first and running[other] and other in first:
-                mine, theirs = first[name] + audio_s[name], first[other] + audio_s[other]
-                if mine > theirs + 0.25:  # one 5-token chunk (0.2 s) of slack for timing jitter
-                    late_picks.append(f"{name} at chunk {len(arrivals)}: {mine:.2f} > {theirs:.2f}")
-            first.setdefault(name, loop.time())
-            audio_s[name] += len(chunk) / 24000
+        async for _chunk in stream:
             arrivals.append(name)
-        running[name] = False
 
     first_task = asyncio.create_task(listen("A", engine.stream(TEXT + " " + TEXT, TTSParams(seed=1, chunk_size=5))))
     await wait_until(lambda: len(arrivals) >= 2)
     await listen("B", engine.stream(TEXT, TTSParams(seed=2, chunk_size=5)))
     await first_task
     order = "".join(arrivals)
-    assert order.index("B") <= 3, f"B waited behind A: {order}"
-    assert not late_picks, f"{order}: {late_picks}"
-    assert "ABAB" in order[order.index("B"):], f"the streams never took turns: {order}"
+    assert order.index("B") <= 4, f"B waited behind A: {order}"
+    assert "ABAB" in order[order.index("B") - 1:] or "BABA" in order[order.index("B"):], order
 
 
 async def test_a_consumer_that_does_not_read_is_not_advanced(engine: TTSEngine) -> None:
@@ -86,7 +81,7 @@ async def test_a_consumer_that_does_not_read_is_not_advanced(engine: TTSEngine) 
 
 
 def _job(created: float, first: float | None = None, audio_s: float = 0.0, pending: int = 0) -> Job:
-    job = Job(segments=None, params=None, inbox=None, rng=None, created=created)
+    job = Job(segments=None, params=None, inbox=None, created=created)
     job.first_handover, job.audio_s, job.pending = first, audio_s, pending
     return job
 

@@ -15,8 +15,10 @@ import pytest
 from conftest import collect, tts_settings, wait_until
 from voicechat.audio import read_audio
 from voicechat.tts.engine import (
+    DEFAULT_MAX_STREAMS,
     MAX_SEGMENT_CHARS,
     BadSettingError,
+    EngineFullError,
     TTSEngine,
     TTSError,
     TTSParams,
@@ -53,13 +55,16 @@ async def test_stream_yields_int16_mono_pcm_at_24khz(engine: TTSEngine) -> None:
     assert engine.active_streams == 0
 
 
-async def test_chunk_edges_fade_to_silence(engine: TTSEngine) -> None:
-    """Chatterbox fades each chunk in; the engine fades each one out, so boundaries do not click."""
+async def test_speech_starts_and_ends_quietly_and_chunks_join_without_fades(engine: TTSEngine) -> None:
+    """The renderer (render.py) fades a segment in and out and carries its chunks across boundaries; the
+    engine adds no fades of its own (boundary smoothness itself: tests/tts/test_render.py)."""
     chunks = [chunk async for chunk in engine.stream(TEXT, TTSParams(seed=2, chunk_size=10))]
     assert len(chunks) >= 3
-    for chunk in chunks:  # (the watermark, added after Chatterbox's fade-in, leaves a tiny residue there)
-        quiet = max(4, 0.02 * int(np.abs(chunk).max()))
-        assert abs(int(chunk[0])) <= quiet and abs(int(chunk[-1])) <= quiet
+    audio = np.concatenate(chunks)
+    quiet = max(4, 0.02 * int(np.abs(audio).max()))  # (the watermark leaves a tiny residue)
+    assert abs(int(audio[0])) <= quiet and abs(int(audio[-1])) <= quiet
+    inner_edges = [int(chunk[-1]) for chunk in chunks[:-1]]
+    assert max(abs(edge) for edge in inner_edges) > quiet, "inner chunk edges are not faded to silence"
 
 
 async def test_same_seed_same_audio_and_other_seed_other_audio(engine: TTSEngine) -> None:
@@ -81,7 +86,8 @@ async def test_cancel_mid_stream_stops_generation(engine: TTSEngine) -> None:
     with pytest.raises(StopAsyncIteration):
         await anext(stream)
     assert engine.active_streams == 0
-    await wait_until(lambda: job.generator is None)  # the owner closed the generator (frees its KV cache)
+    await wait_until(lambda: job.segment is None)  # the owner released the stream's decoder slot
+    assert engine._decoder.active == []
     # The engine carries on.
     assert len(await collect(engine.stream(TEXT, TTSParams(seed=3)))) > 0
 
@@ -100,7 +106,7 @@ async def test_context_manager_and_dropped_streams_are_cancelled(engine: TTSEngi
 async def test_long_text_is_spoken_sentence_by_sentence(engine: TTSEngine) -> None:
     one = await collect(engine.stream("This is the first sentence here.", TTSParams(seed=8)))
     two = await collect(engine.stream("This is the first sentence here. And here is a second one.", TTSParams(seed=8)))
-    # Two generate_stream calls, the first sampling exactly what the single sentence sampled.
+    # Two segments, the first sampling and rendering exactly what the single sentence did.
     assert np.array_equal(two[: len(one)], one)
     assert len(two) > len(one) * 1.3
 
@@ -261,3 +267,27 @@ def test_load_errors_are_plain(tmp_path: Path, voices_dir: Path) -> None:
         TTSEngine.load(tts_settings(tmp_path / "missing", voices_dir))
     with pytest.raises(TTSError, match="no CUDA GPU"):
         TTSEngine.load(tts_settings(tmp_path, voices_dir, device="cuda"))
+
+
+async def test_streams_beyond_capacity_are_refused_clearly(chatterbox, tiny_checkpoint: Path, voices_dir: Path) -> None:
+    small = TTSEngine(chatterbox, tts_settings(tiny_checkpoint, voices_dir, tts_max_streams=1))
+    try:
+        assert small.max_streams == 1 and not small.full and small.utilization == 0.0
+        first = small.stream(TEXT, TTSParams(seed=1))
+        assert small.full and small.utilization == 1.0
+        with pytest.raises(EngineFullError, match="busy with 1 streams") as caught:
+            small.stream(TEXT, TTSParams(seed=2))
+        assert caught.value.code == "tts_busy"
+        assert len(await collect(first)) > 0  # the admitted stream is not degraded
+        assert not small.full
+        assert len(await collect(small.stream(TEXT, TTSParams(seed=2)))) > 0
+    finally:
+        small.close()
+
+
+def test_default_capacity_per_device(chatterbox, tiny_checkpoint: Path, voices_dir: Path) -> None:
+    engine = TTSEngine(chatterbox, tts_settings(tiny_checkpoint, voices_dir))
+    try:
+        assert engine.max_streams == DEFAULT_MAX_STREAMS["cpu"]
+    finally:
+        engine.close()

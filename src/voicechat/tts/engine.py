@@ -1,12 +1,21 @@
 """The Chatterbox text-to-speech engine shared by every conversation of the process.
 
 One owner thread runs the model; nothing else touches it. Each request is a stream: its text is split
-into sentences (one ``generate_stream`` call never exceeds Chatterbox's 1000-token cap), and the owner
-advances the most urgent stream by one chunk at a time (see scheduler.py), handing each chunk to the
-stream's asyncio consumer with ``loop.call_soon_threadsafe``. Every stream runs on its own shallow copy of
-the ``ChatterboxTTS`` object, sharing the modules but holding its own conditionals and random state, so a
-voice never leaks from one stream into another, and interleaved streams sound exactly as they would
-alone. Voice conditionals are computed once per (voice, exaggeration) and cached.
+into sentences (segments: Chatterbox's T3 never decodes more than 1000 tokens, 40 s, per segment). The
+owner thread runs one continuous-batching loop (see ``TTSEngine._owner_loop``):
+
+- every stream decoding a segment holds a slot of the batched T3 decoder (t3_decoder.py); each loop turn
+  samples one token for every slot and runs ONE forward pass for all of them; streams join (prefill)
+  and leave (stop token, 1000-token cap, cancel) between turns; who gets a free slot first is decided
+  earliest deadline first (scheduler.py), so a new stream's first chunk comes first;
+- when streams have a chunk's worth of new tokens (``tts_first_chunk_tokens`` for a stream's first chunk,
+  then ``chunk_size``), their chunks are rendered together in one batched S3Gen call (render.py) and
+  handed to each stream's asyncio consumer with ``loop.call_soon_threadsafe``; a stream whose consumer
+  has not taken its last ``MAX_PENDING_CHUNKS`` chunks is not rendered further nor given a new segment;
+- every stream samples from its own generators (seeded per segment), so a stream sounds the same alone
+  or beside others; voice conditionals are computed once per (voice, exaggeration) and cached.
+
+The engine refuses streams beyond ``max_streams`` (``tts_max_streams``) with EngineFullError.
 """
 
 from __future__ import annotations
@@ -16,10 +25,10 @@ import concurrent.futures
 import copy
 import logging
 import math
+import os
 import re
 import secrets
 import threading
-import os
 import time
 import weakref
 from collections import OrderedDict, deque
@@ -32,25 +41,28 @@ import numpy as np
 import torch
 
 from voicechat.audio import AudioFormatError, float32_to_int16, read_audio, write_wav
-from voicechat.tts.scheduler import Job, StreamRng, next_job
+from voicechat.tts.scheduler import Job, next_job
 from voicechat.tts.segmenter import Segmenter
 
 if TYPE_CHECKING:
     from chatterbox.tts import ChatterboxTTS, Conditionals
 
     from voicechat.config import Settings
+    from voicechat.tts.t3_decoder import Decoding
 
 logger = logging.getLogger(__name__)
 
 SAMPLE_RATE = 24_000
 MAX_TEXT_CHARS = 5_000  # about five minutes of speech in one request
-MAX_SEGMENT_CHARS = 300  # about 20 s of speech: far below generate_stream's 1000-token (40 s) cap
+MAX_SEGMENT_CHARS = 300  # about 20 s of speech: far below T3's 1000-token (40 s) cap per segment
 VOICE_MIN_S, VOICE_MAX_S = 1.0, 60.0
-FADE_OUT_S = 0.01  # each chunk ends in a 10 ms fade: Chatterbox fades every chunk in, but not out
 CONDITIONALS_CACHE = 64  # (voice, exaggeration) pairs kept
 DEFAULT_VOICE = "default"
+# Streams kept in real time when tts_max_streams is unset. CUDA: the issue-12 target for one H100-class
+# GPU, an estimate until measured (benchmarks/gpu_check.sh). CPU/MPS: no real-time claim (full size on a
+# 2-core CPU is 13 s per 1 s chunk for one stream): a bound on memory and on the batch.
+DEFAULT_MAX_STREAMS = {"cuda": 8, "mps": 4, "cpu": 16}
 _VOICE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
-_FADE_OUT = ((1 + np.cos(np.linspace(0, np.pi, int(FADE_OUT_S * SAMPLE_RATE)))) / 2).astype(np.float32)
 
 
 class TTSError(Exception):
@@ -73,6 +85,12 @@ class BadSettingError(TTSError):
     """An out-of-range parameter, or text that is empty, unspeakable or too long."""
 
     code = "bad_setting"
+
+
+class EngineFullError(TTSError):
+    """The engine already speaks as many streams as it can keep in real time."""
+
+    code = "tts_busy"
 
 
 def _bounds(name: str) -> tuple[float, float]:
@@ -238,7 +256,7 @@ class TTSStream:
     """Speech for one request: an async iterator of int16 mono PCM chunks at 24 kHz, each yielded as
     soon as Chatterbox produces it. Errors during generation are raised here as TTSError.
 
-    ``cancel()`` (or ``await aclose()``) stops generation at the next chunk boundary; it is idempotent.
+    ``cancel()`` (or ``await aclose()``) stops generation before the next token step; it is idempotent.
     A stream that is dropped without being read to the end is cancelled when garbage-collected.
     """
 
@@ -274,17 +292,63 @@ class TTSStream:
         self.cancel()
 
 
+@dataclass(eq=False)
+class _Segment:
+    """The owner thread's state of one stream's current segment: decoding, then rendering."""
+
+    conds: Conditionals
+    seed: int
+    decoding: Decoding | None = None  # None once T3 has finished (the slot is free again)
+    final_tokens: list[int] | None = None  # the speech tokens, once T3 has finished
+    rendered: int = 0  # speech tokens handed to the renderer so far
+    render_state: Any = None
+
+    @property
+    def tokens(self) -> list[int]:
+        return self.decoding.speech if self.decoding is not None else self.final_tokens
+
+
+class _FirstChunk:
+    """A blocking stand-in for _Inbox (warm-up): remembers the first chunk or the error."""
+
+    def __init__(self) -> None:
+        self.event = threading.Event()
+        self.error: TTSError | None = None
+
+    def post(self, chunk: np.ndarray) -> None:
+        self.event.set()
+
+    def post_end(self, error: TTSError | None = None) -> None:
+        self.error = error
+        self.event.set()
+
+
+def _segment_seed(seed: int, index: int) -> int:
+    """A stream's first segment uses its seed as given (so one segment samples what generate_stream
+    would with that seed); later segments derive their own."""
+    return seed if index == 0 else hash((seed, index)) & (2**62 - 1)
+
+
 class TTSEngine:
-    """One Chatterbox model, one owner thread, any number of concurrent streams."""
+    """One Chatterbox model, one owner thread, continuous batching of up to ``max_streams`` streams."""
 
     sample_rate = SAMPLE_RATE
 
     def __init__(self, tts: ChatterboxTTS, settings: Settings):
         """Serve ``tts`` (already loaded). Prefer :meth:`load`, which also detects the device and warms up."""
+        from voicechat.tts.render import Renderer
+        from voicechat.tts.t3_decoder import T3Decoder
+
         self._tts = tts
         self._device = str(tts.device)
         self._voices_dir = Path(settings.voices_dir)
         self._default_voice_file = Path(settings.voice) if settings.voice else None
+        self._first_chunk_tokens = settings.tts_first_chunk_tokens
+        kind = torch.device(self._device).type
+        self.max_streams: int = settings.tts_max_streams or DEFAULT_MAX_STREAMS.get(kind, 4)
+        self._decoder = T3Decoder(tts.t3, slots=self.max_streams, bf16=settings.tts_bf16,
+                                  cuda_graphs=settings.tts_cuda_graphs)
+        self._renderer = Renderer(tts, first_chunk_ref_s=settings.tts_first_chunk_ref_s)
         self._lock = threading.Condition()
         self._jobs: list[Job] = []
         self._dropped: list[Job] = []
@@ -336,9 +400,18 @@ class TTSEngine:
         return engine
 
     def warm_up(self, params: TTSParams) -> None:
-        """Generate the first chunk of a short sentence in the default voice and discard it (blocking),
-        so that the first real request does not pay for lazy initialisation and the voice's preparation."""
-        self._on_owner(lambda: self._warm_up(params))
+        """Speak a short sentence in the default voice up to its first chunk and discard it (blocking;
+        not from the event loop), so that the first real request pays for no lazy initialisation, no
+        CUDA-graph capture and no voice preparation."""
+        self._on_owner(self._decoder.warm_graphs)
+        inbox = _FirstChunk()
+        job = self._submit(deque(["Hello, this is a warm-up."]), replace(params, voice=DEFAULT_VOICE), inbox, 0)
+        try:
+            inbox.event.wait()
+        finally:
+            self._cancel(job)
+        if inbox.error is not None:
+            raise inbox.error
 
     # --- Public API ---------------------------------------------------------------------------
 
@@ -375,19 +448,14 @@ class TTSEngine:
 
     def stream(self, text: str, params: TTSParams) -> TTSStream:
         """Start speaking ``text`` (must be called from a running event loop). Bad input raises now:
-        BadSettingError, UnknownVoiceError; later failures arrive through the stream as TTSError."""
+        BadSettingError, UnknownVoiceError, EngineFullError; later failures arrive through the stream."""
         params.validate()
         segments = deque(split_for_speech(text))
         if params.voice not in self.voices():
             raise UnknownVoiceError(f"unknown voice {params.voice!r}; available: {', '.join(self.voices())}")
         inbox = _Inbox(asyncio.get_running_loop())
         seed = params.seed if params.seed is not None else secrets.randbits(62)
-        job = Job(segments=segments, params=params, inbox=inbox, rng=StreamRng(seed, self._device))
-        with self._lock:
-            if self._closing:
-                raise TTSError("the speech engine is shut down")
-            self._jobs.append(job)
-            self._lock.notify()
+        job = self._submit(segments, params, inbox, seed)
         return TTSStream(self, job, inbox)
 
     @property
@@ -395,6 +463,16 @@ class TTSEngine:
         """Streams started and not yet finished or cancelled."""
         with self._lock:
             return len(self._jobs)
+
+    @property
+    def full(self) -> bool:
+        """True while the engine speaks ``max_streams`` streams: a further stream would be refused."""
+        return self.active_streams >= self.max_streams
+
+    @property
+    def utilization(self) -> float:
+        """Active streams as a share of ``max_streams`` (1.0 = full)."""
+        return self.active_streams / self.max_streams
 
     @property
     def device(self) -> str:
@@ -407,6 +485,17 @@ class TTSEngine:
             self._lock.notify()
         if threading.current_thread() is not self._owner:
             self._owner.join(timeout=120)
+
+    def _submit(self, segments: deque[str], params: TTSParams, inbox: Any, seed: int) -> Job:
+        job = Job(segments=segments, params=params, inbox=inbox, seed=seed)
+        with self._lock:
+            if self._closing:
+                raise TTSError("the speech engine is shut down")
+            if len(self._jobs) >= self.max_streams:
+                raise EngineFullError(f"the speech engine is busy with {self.max_streams} streams; try again shortly")
+            self._jobs.append(job)
+            self._lock.notify()
+        return job
 
     # --- Consumer callbacks (event loop) ----------------------------------------------------------
 
@@ -426,7 +515,7 @@ class TTSEngine:
     # --- Owner thread -------------------------------------------------------------------------
 
     def _on_owner(self, function: Callable[[], Any]) -> Any:
-        """Run ``function`` on the owner thread, before any further stream step, and wait for it."""
+        """Run ``function`` on the owner thread between two decode steps, and wait for it."""
         future: concurrent.futures.Future = concurrent.futures.Future()
         with self._lock:
             if self._closing:
@@ -436,21 +525,18 @@ class TTSEngine:
         return future.result()
 
     def _owner_loop(self) -> None:
-        # Chatterbox's generators enter and leave inference mode around their yields; interleaved, they
-        # would restore each other's states out of order. Inside a thread-wide inference mode every
-        # restore leaves it on.
         with torch.inference_mode():
             while True:
                 with self._lock:
-                    while not (self._closing or self._calls or self._dropped) and next_job(self._jobs) is None:
+                    while not (self._closing or self._calls or self._dropped or self._decoder.active
+                               or self._renderable() or self._joinable()):
                         self._lock.wait()
                     if self._closing:
                         break
                     dropped, self._dropped = self._dropped, []
                     call = self._calls.popleft() if self._calls else None
-                    job = None if call or dropped else next_job(self._jobs)
                 for gone in dropped:
-                    _close_generator(gone)
+                    self._release(gone)
                 if call is not None:
                     function, future = call
                     if future.set_running_or_notify_cancel():
@@ -458,38 +544,135 @@ class TTSEngine:
                             future.set_result(function())
                         except BaseException as error:  # handed to the caller, never kills this thread
                             future.set_exception(error)
-                elif job is not None:
-                    self._step(job)
+                self._turn()
             self._shut_down()
 
-    def _shut_down(self) -> None:
+    def _turn(self) -> None:
+        """One turn of the loop: admit joiners into free slots, sample one token for every slot, render
+        the chunks that are ready, then one batched forward pass."""
+        decoder = self._decoder
+        with self._lock:  # one prefill per turn (it stalls the others): the most urgent joiner's
+            job = next_job(self._joinable())
+        if job is not None:
+            self._start_segment(job)
+        if decoder.active:
+            try:
+                decoder.sample()
+            except Exception as error:
+                self._fail_decoding(error)
+                return
+            for job in self._decoding_jobs():
+                if job.segment.decoding.done:
+                    self._finish_decoding(job)
         with self._lock:
-            jobs, self._jobs = self._jobs + self._dropped, []
-            calls, self._calls = list(self._calls), deque()
-        for job in jobs:
-            _close_generator(job)
-            if not job.cancelled:
-                try:
-                    job.inbox.post_end(TTSError("the speech engine was shut down"))
-                except RuntimeError:  # that consumer's event loop is already closed
-                    pass
-        for _, future in calls:
-            future.cancel()
+            ready = self._renderable()
+        if ready:
+            self._render(ready)
+        if decoder.active:
+            try:
+                decoder.forward()
+            except Exception as error:
+                self._fail_decoding(error)
 
-    def _step(self, job: Job) -> None:
-        """Advance ``job`` by one chunk and hand it over; end the job when its text is spoken."""
+    def _joinable(self) -> list[Job]:
+        """Jobs (under the lock) that wait for a slot to decode their next segment."""
+        if len(self._decoder.active) >= self._decoder.slots:
+            return []
+        return [job for job in self._jobs if job.segment is None and job.segments and job.runnable]
+
+    def _renderable(self) -> list[Job]:
+        """Jobs (under the lock) with a chunk ready to render whose consumer has room for it."""
+        ready = []
+        for job in self._jobs:
+            segment = job.segment
+            if segment is None or not job.runnable:
+                continue
+            new = len(segment.tokens) - segment.rendered
+            size = job.params.chunk_size if job.first_handover is not None else \
+                min(job.params.chunk_size, self._first_chunk_tokens)
+            if segment.decoding is None or new >= size:
+                ready.append(job)
+        return ready
+
+    def _decoding_jobs(self) -> list[Job]:
+        with self._lock:
+            return [job for job in self._jobs if job.segment is not None and job.segment.decoding is not None]
+
+    def _start_segment(self, job: Job) -> None:
+        """Prefill ``job``'s next segment into a free slot; a failure ends that job only."""
+        from chatterbox.tts import punc_norm
+
+        params = job.params
+        text = job.segments.popleft()
         try:
-            chunk = self._next_chunk(job)
+            conds = self._conditionals(params.voice, params.exaggeration)
+            tokens = self._tts.tokenizer.text_to_tokens(punc_norm(text)).to(self._device)
+            tokens = torch.cat([tokens, tokens])
+            hp = self._tts.t3.hp
+            tokens = torch.nn.functional.pad(tokens, (1, 0), value=hp.start_text_token)
+            tokens = torch.nn.functional.pad(tokens, (0, 1), value=hp.stop_text_token)
+            seed = _segment_seed(job.seed, job.segment_index)
+            segment = _Segment(conds=conds, seed=seed)
+            segment.decoding = self._decoder.join(self._decoder.prompt(conds.t3, tokens), seed=seed,
+                                                  cfg_weight=params.cfg_weight, temperature=params.temperature)
         except Exception as error:
-            _close_generator(job)
-            if not isinstance(error, TTSError):
-                logger.exception("speech generation failed")
-                error = TTSError(f"speech generation failed: {error}")
-            self._end(job, error)
+            self._end(job, _as_tts_error(error))
             return
-        if chunk is None:
+        job.segment, job.segment_index = segment, job.segment_index + 1
+
+    def _finish_decoding(self, job: Job) -> None:
+        segment = job.segment
+        segment.final_tokens = segment.decoding.speech
+        job.tokens += segment.final_tokens
+        self._decoder.leave(segment.decoding)
+        segment.decoding = None
+
+    def _fail_decoding(self, error: Exception) -> None:
+        """A batched step failed: every stream in the batch ends with the error."""
+        for job in self._decoding_jobs():
+            self._decoder.leave(job.segment.decoding)
+            job.segment = None
+            self._end(job, _as_tts_error(error))
+
+    def _render(self, jobs: list[Job]) -> None:
+        """Render the ready chunks of ``jobs`` in one batch and hand each to its consumer."""
+        from voicechat.tts.render import RenderRequest
+
+        requests, rendering = [], []
+        for job in jobs:
+            segment = job.segment
+            tokens = segment.tokens
+            last = segment.decoding is None
+            if last and not tokens:  # T3 stopped at once: nothing to say in this segment
+                self._segment_done(job)
+                continue
+            requests.append(RenderRequest(
+                tokens=torch.tensor(tokens, dtype=torch.long, device=self._device), start=segment.rendered,
+                ref=segment.conds.gen, last=last, state=segment.render_state, seed=segment.seed))
+            rendering.append(job)
+        if not requests:
+            return
+        try:
+            results = self._renderer.render(requests)
+        except Exception as error:
+            for job in rendering:
+                self._release(job)
+                self._end(job, _as_tts_error(error))
+            return
+        for job, request, (audio, state) in zip(rendering, requests, results):
+            segment = job.segment
+            segment.render_state, segment.rendered = state, len(request.tokens)
+            if len(audio):
+                self._hand_over(job, float32_to_int16(audio))
+            if request.last:
+                self._segment_done(job)
+
+    def _segment_done(self, job: Job) -> None:
+        job.segment = None
+        if not job.segments:
             self._end(job, None)
-            return
+
+    def _hand_over(self, job: Job, chunk: np.ndarray) -> None:
         with self._lock:
             if job.cancelled:
                 return
@@ -498,6 +681,12 @@ class TTSEngine:
             job.inbox.post(chunk)
         except RuntimeError:  # the consumer's event loop is closed: nobody is listening
             self._cancel(job)
+
+    def _release(self, job: Job) -> None:
+        """Free what a job holds on the owner thread (its decoder slot)."""
+        segment, job.segment = job.segment, None
+        if segment is not None and segment.decoding is not None:
+            self._decoder.leave(segment.decoding)
 
     def _end(self, job: Job, error: TTSError | None) -> None:
         with self._lock:
@@ -509,39 +698,19 @@ class TTSEngine:
         except RuntimeError:
             pass
 
-    def _next_chunk(self, job: Job) -> np.ndarray | None:
-        """The job's next int16 chunk, starting its next sentence when needed; None when all is spoken."""
-        from chatterbox.tts import Conditionals
-
-        params = job.params
-        while True:
-            if job.generator is None:
-                if not job.segments:
-                    return None
-                conds = self._conditionals(params.voice, params.exaggeration)
-                speaker = copy.copy(self._tts)  # shares the modules, owns its conditionals
-                speaker.conds = Conditionals(conds.t3, conds.gen)
-                job.generator = speaker.generate_stream(
-                    job.segments.popleft(),
-                    # the exact float32 value stored in the conditionals, so Chatterbox does not rebuild them
-                    exaggeration=float(conds.t3.emotion_adv.flatten()[0]),
-                    cfg_weight=params.cfg_weight,
-                    temperature=params.temperature,
-                    chunk_size=params.chunk_size,
-                    print_metrics=False,
-                )
-            with job.rng.active():
+    def _shut_down(self) -> None:
+        with self._lock:
+            jobs, self._jobs = self._jobs + self._dropped, []
+            calls, self._calls = list(self._calls), deque()
+        for job in jobs:
+            self._release(job)
+            if not job.cancelled:
                 try:
-                    audio, _metrics = next(job.generator)
-                except StopIteration:
-                    job.generator = None
-                    continue
-            samples = np.asarray(audio.squeeze(0).numpy(), dtype=np.float32)
-            if len(samples) == 0:
-                continue
-            fade = _FADE_OUT[-len(samples):]
-            samples[-len(fade):] *= fade
-            return float32_to_int16(samples)
+                    job.inbox.post_end(TTSError("the speech engine was shut down"))
+                except RuntimeError:  # that consumer's event loop is already closed
+                    pass
+        for _, future in calls:
+            future.cancel()
 
     def _conditionals(self, voice: str, exaggeration: float) -> Conditionals:
         """Conditionals of (voice, exaggeration): the voice's are computed once, the rest derived."""
@@ -584,21 +753,13 @@ class TTSEngine:
         for key in [key for key in self._conds_cache if key[0] == voice]:
             del self._conds_cache[key]
 
-    def _warm_up(self, params: TTSParams) -> None:
-        """One short generation up to its first chunk: loads kernels and caches before the first user."""
-        job = Job(segments=deque(["Hello, this is a warm-up."]), params=replace(params, voice=DEFAULT_VOICE),
-                  inbox=None, rng=StreamRng(0, self._device))
-        try:
-            self._next_chunk(job)
-        finally:
-            _close_generator(job)
 
+def _as_tts_error(error: Exception) -> TTSError:
+    if isinstance(error, TTSError):
+        return error
+    from voicechat.tts.t3_decoder import PromptTooLongError
 
-def _close_generator(job: Job) -> None:
-    """Close a job's generator on the owner thread: frees its KV cache and leaves inference mode cleanly."""
-    generator, job.generator = job.generator, None
-    if generator is not None:
-        try:
-            generator.close()
-        except Exception:  # a failing close must not take the owner thread down
-            logger.exception("closing a speech generator failed")
+    if isinstance(error, PromptTooLongError):
+        return BadSettingError(str(error))
+    logger.error("speech generation failed", exc_info=error)
+    return TTSError(f"speech generation failed: {error}")

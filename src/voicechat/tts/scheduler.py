@@ -1,79 +1,41 @@
-"""Which stream the TTS owner thread advances next: earliest deadline first, at chunk granularity.
+"""Which waiting stream the TTS owner thread admits next into a decoder slot: earliest deadline first.
 
 A stream's deadline is the moment its listener runs out of audio: the time its first chunk was handed
 over plus the seconds of audio handed over since. A stream with nothing handed over yet is the most
 urgent of all (its listener is waiting in silence); ties go to the oldest. A stream whose consumer has
-not taken its last ``MAX_PENDING_CHUNKS`` chunks is not advanced, so a slow client cannot grow memory.
-
-Also here: each stream's private random state, swapped in around each of its steps, so that streams
-interleaved on one model sample exactly what they would have sampled alone with the same seed.
+not taken its last ``MAX_PENDING_CHUNKS`` chunks is neither rendered further nor admitted to decode its
+next segment, so a slow client cannot grow memory.
 """
 
 from __future__ import annotations
 
-import contextlib
 import math
 import time
 from collections import deque
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
-
-import torch
 
 MAX_PENDING_CHUNKS = 4
 
 
-class StreamRng:
-    """A stream's own torch random state (CPU, plus the accelerator's), active only while it runs."""
-
-    def __init__(self, seed: int, device: str):
-        self._device = device
-        self._accelerator = _accelerator_rng(device)
-        self._cpu = torch.Generator().manual_seed(seed).get_state()
-        self._accel_state = None
-        if self._accelerator is not None:
-            saved = self._accelerator.get_rng_state()
-            self._accelerator.manual_seed(seed)
-            self._accel_state = self._accelerator.get_rng_state()
-            self._accelerator.set_rng_state(saved)
-
-    @contextlib.contextmanager
-    def active(self) -> Iterator[None]:
-        torch.set_rng_state(self._cpu)
-        if self._accelerator is not None:
-            self._accelerator.set_rng_state(self._accel_state)
-        try:
-            yield
-        finally:
-            self._cpu = torch.get_rng_state()
-            if self._accelerator is not None:
-                self._accel_state = self._accelerator.get_rng_state()
-
-
-def _accelerator_rng(device: str) -> Any:
-    if device.startswith("cuda"):
-        return torch.cuda
-    if device.startswith("mps"):
-        return torch.mps
-    return None
-
-
 @dataclass(eq=False)
 class Job:
-    """The owner thread's state of one stream. Fields other than ``generator`` are guarded by the
-    engine's lock; ``generator`` and ``rng`` are touched only by the owner thread."""
+    """The owner thread's state of one stream. ``pending`` and ``cancelled`` are guarded by the engine's
+    lock; ``segment``, ``segment_index`` and ``tokens`` are touched only by the owner thread."""
 
     segments: deque[str]
     params: Any  # TTSParams
     inbox: Any  # the consumer side, fed with loop.call_soon_threadsafe
-    rng: StreamRng
+    seed: int = 0
     created: float = field(default_factory=time.monotonic)
     first_handover: float | None = None
     audio_s: float = 0.0
     pending: int = 0  # chunks handed over that the consumer has not taken yet
     cancelled: bool = False
-    generator: Iterator | None = None
+    segment: Any = None  # the engine's state of the segment being decoded / rendered
+    segment_index: int = 0  # segments started so far
+    tokens: list[int] = field(default_factory=list)  # speech tokens of the segments decoded so far
 
     @property
     def deadline(self) -> float:

@@ -93,15 +93,37 @@ class T3Decoder:
         self._heads, self._kv_heads, self._head_dim = attn.num_heads, attn.num_key_value_heads, attn.head_dim
         if self._heads != self._kv_heads:
             raise ValueError("T3Decoder expects as many key/value heads as query heads (as Chatterbox's T3 has)")
-        shape = (len(self._layers), 2 * slots, self._kv_heads, max_context, self._head_dim)
-        # Zeros, not empty: masked keys still multiply their values by 0, and 0 * NaN would be NaN.
-        self._k = torch.zeros(shape, dtype=self.dtype, device=self.device)
-        self._v = torch.zeros(shape, dtype=self.dtype, device=self.device)
+        self._k = self._v = torch.zeros(0)
+        self._graphs = _StepGraphs(self) if (cuda_graphs and on_cuda) else None
+        # A graph holds the cache's address: then the whole cache up front. Otherwise it grows (doubling)
+        # with the streams and their lengths, so memory follows use (a full-size fp32 slot is ~0.7 GB).
+        self._reserve(slots if self._graphs else 1, max_context if self._graphs else 256)
         self.active: list[Decoding] = []  # active[i].slot == i
         self.vocab = t3.hp.speech_tokens_dict_size
         self.stop_token = t3.hp.stop_speech_token
         self.start_token = t3.hp.start_speech_token
-        self._graphs = _StepGraphs(self) if (cuda_graphs and on_cuda) else None
+
+    def _reserve(self, slots: int, positions: int) -> None:
+        """Make the KV cache hold at least ``slots`` slots of ``positions`` positions (grows by doubling)."""
+        allocated = self._k.dim() == 5
+        have_rows, have_positions = (self._k.shape[1], self._k.shape[3]) if allocated else (0, 0)
+        if 2 * slots <= have_rows and positions <= have_positions:
+            return
+        rows = min(2 * self.slots, max(2 * slots, 2 * have_rows))
+        positions = min(self.max_context, max(positions, 2 * have_positions))
+        shape = (len(self._layers), rows, self._kv_heads, positions, self._head_dim)
+        for name in ("_k", "_v"):
+            # Zeros, not empty: masked keys still multiply their values by 0, and 0 * NaN would be NaN.
+            cache = torch.zeros(shape, dtype=self.dtype, device=self.device)
+            old = getattr(self, name)
+            if allocated:
+                cache[:, :old.shape[1], :, :old.shape[3]] = old
+            setattr(self, name, cache)
+
+    def warm_graphs(self) -> None:
+        """Capture the decode step's CUDA graphs for every batch-size bucket now (no-op without graphs)."""
+        if self._graphs is not None:
+            self._graphs.capture_all()
 
     # --- joining and leaving ------------------------------------------------------------------
 
@@ -129,6 +151,7 @@ class T3Decoder:
         seen[self.start_token] = True  # inference_stream's history starts with the start token
         stream = Decoding(cfg_weight=cfg_weight, temperature=temperature, generator=generator, seen=seen)
         stream.slot = len(self.active)
+        self._reserve(stream.slot + 1, embeds.shape[1] + 1)
         stream.logits = self._prefill(stream.slot, embeds)
         stream.length = embeds.shape[1]
         self.active.append(stream)
@@ -187,6 +210,7 @@ class T3Decoder:
         embeds = t3.speech_emb(tokens) + t3.speech_pos_emb.emb(speech_positions)  # (n, 1, dim)
         embeds = embeds.repeat_interleave(2, dim=0)  # the CFG rows see the same speech token
         positions = torch.tensor([stream.length for stream in streams for _ in (0, 1)], device=self.device)
+        self._reserve(n, max(stream.length for stream in streams) + 1)
         if self._graphs is not None:
             logits = self._graphs.step(embeds, positions, n)
         else:
@@ -264,18 +288,29 @@ class _StepGraphs:
         self.graphs: dict[int, tuple] = {}
         self.broken = False
 
-    def step(self, embeds: torch.Tensor, positions: torch.Tensor, streams: int) -> torch.Tensor:
-        decoder = self.decoder
-        bucket = next((b for b in GRAPH_BUCKETS if b >= streams and b <= decoder.slots), None)
-        if self.broken or bucket is None:
-            return decoder._step(embeds.to(decoder.dtype), positions, max(positions.tolist()) + 1)
+    def capture_all(self) -> None:
+        for bucket in GRAPH_BUCKETS:
+            if bucket <= self.decoder.slots:
+                self._ensure(bucket)
+
+    def _ensure(self, bucket: int) -> bool:
+        """Capture ``bucket``'s graph if not yet done; False if graphs are unusable."""
+        if self.broken:
+            return False
         if bucket not in self.graphs:
             try:
                 self.graphs[bucket] = self._capture(bucket)
             except Exception as error:  # any capture failure: eager from now on, said once
                 self.broken = True
                 logger.warning("CUDA graph capture of the T3 decode step failed (%s): decoding eagerly", error)
-                return decoder._step(embeds.to(decoder.dtype), positions, max(positions.tolist()) + 1)
+                return False
+        return True
+
+    def step(self, embeds: torch.Tensor, positions: torch.Tensor, streams: int) -> torch.Tensor:
+        decoder = self.decoder
+        bucket = next((b for b in GRAPH_BUCKETS if streams <= b <= decoder.slots), None)
+        if bucket is None or not self._ensure(bucket):
+            return decoder._step(embeds.to(decoder.dtype), positions, max(positions.tolist()) + 1)
         graph, x_in, pos_in, out = self.graphs[bucket]
         rows = 2 * streams
         x_in[:rows].copy_(embeds)
