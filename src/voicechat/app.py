@@ -82,6 +82,7 @@ async def load_services(state: AppState) -> None:
     """Load every model once, warm it up, and log how long it took."""
     settings = state.settings
     started = time.monotonic()
+    llm: LLM | None = None
     try:
         llm = create_llm(settings)
         local = isinstance(llm, LocalLLM)  # a model in this process loads beside the others
@@ -107,6 +108,8 @@ async def load_services(state: AppState) -> None:
         state.load_error = f"{type(error).__name__}: {error}"
         state.stage = "failed"
     finally:
+        if state.services is None and llm is not None:
+            await llm.aclose()  # a failed or cancelled start leaves no model thread behind
         state.ready.set()
 
 

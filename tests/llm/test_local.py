@@ -202,3 +202,23 @@ def test_download_models_fetches_or_checks_the_local_model(
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path))
     with pytest.raises(DownloadError, match="is not on this machine and cannot be downloaded"):
         fetch_local_llm(local_settings("nobody/no-such-model"))
+
+
+async def test_make_checkpoint_llm_builds_a_model_that_answers(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from voicechat.cli import main
+
+    out = tmp_path / "tiny-llm"
+    assert await asyncio.to_thread(main, ["make-checkpoint", "--llm", str(out)]) == 0
+    assert f"VOICECHAT_MODEL={out}" in capsys.readouterr().out
+    assert {"config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json"} <= {
+        path.name for path in out.iterdir()
+    }
+    built = LocalLLM(local_settings(out))
+    await asyncio.to_thread(built.load)
+    try:
+        deltas, _ = await reply_of(built, ask("Tell me about the weather"))
+        assert "".join(deltas) == REPLIES["weather"]
+    finally:
+        await built.aclose()
+    assert await asyncio.to_thread(main, ["make-checkpoint", "--llm", str(out)]) == 2  # exists already
+    assert await asyncio.to_thread(main, ["make-checkpoint", "--llm", str(tmp_path / "b"), str(tmp_path / "c")]) == 2

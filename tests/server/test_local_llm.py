@@ -3,6 +3,8 @@ Qwen2 checkpoint runs inside `voicechat serve`, and a typed and a spoken turn ge
 
 from __future__ import annotations
 
+import time
+
 import httpx
 import numpy as np
 import pytest
@@ -49,3 +51,31 @@ async def test_typed_then_spoken_turn(server) -> None:
         assert spoken["content"] == REPLIES[topic] and not spoken["interrupted"]
         metrics = await client.wait_for("turn_metrics", timeout=30, where=lambda m: m["turn_id"] == heard["turn_id"])
         assert metrics["llm_first_token_ms"] is not None and metrics["llm_first_token_ms"] >= 0
+
+
+def test_a_model_that_cannot_be_had_is_one_plain_sentence_and_the_server_stays_up(
+    tiny_checkpoint, whisper_tiny_dir, tmp_path
+) -> None:
+    missing = tmp_path / "no-such-model"
+    with running_server(
+        checkpoint=tiny_checkpoint,
+        stt_model=whisper_tiny_dir,
+        llm_url=None,
+        provider="local",
+        model=str(missing),
+        wait_ready=False,
+    ) as server:
+        reason = ""
+        deadline = time.monotonic() + 240
+        while "language model:" not in reason and time.monotonic() < deadline:
+            if server.process.poll() is not None:
+                raise AssertionError(f"the server exited:\n{server.log_tail()}")
+            try:
+                answer = httpx.get(f"{server.url}/readyz", timeout=5)
+                reason = answer.json()["reason"] if answer.status_code == 503 else ""
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.3)  # another process's start-up: nothing in this one to wait on
+        assert reason == f"language model: VOICECHAT_MODEL={missing} is not a directory; name a model directory or a hub id."
+        log = server.log_tail(400)
+        assert "language model not loaded: VOICECHAT_MODEL=" in log and "Traceback" not in log
