@@ -222,3 +222,20 @@ async def test_make_checkpoint_llm_builds_a_model_that_answers(tmp_path: Path, c
         await built.aclose()
     assert await asyncio.to_thread(main, ["make-checkpoint", "--llm", str(out)]) == 2  # exists already
     assert await asyncio.to_thread(main, ["make-checkpoint", "--llm", str(tmp_path / "b"), str(tmp_path / "c")]) == 2
+
+
+async def test_closing_the_model_ends_a_reply_in_progress_with_an_error(tiny_llm: Path) -> None:
+    from voicechat.llm import LLMStreamError
+
+    local = LocalLLM(local_settings(tiny_llm))
+    await asyncio.to_thread(local.load)
+    items: asyncio.Queue[object] = asyncio.Queue()
+    loop = asyncio.get_running_loop()
+    reply = Reply(ask("hi"), max_tokens=50, temperature=0.0, deliver=lambda item: loop.call_soon_threadsafe(items.put_nowait, item))
+    with local._scheduler._wake:  # submitted and closed in one go: the reply cannot finish first
+        local._scheduler._replies.append(reply)
+        local._scheduler._closed = True
+        local._scheduler._wake.notify()
+    await local.aclose()
+    item = await items.get()
+    assert isinstance(item, LLMStreamError) and "shut down" in str(item)

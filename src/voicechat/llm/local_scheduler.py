@@ -99,6 +99,9 @@ class Scheduler:
                     while not self._replies and not self._closed:
                         self._wake.wait()
                     if self._closed:
+                        for reply in self._replies:  # nobody waits forever for a reply that will not come
+                            self._send(reply, LLMStreamError("the language model was shut down mid-reply"))
+                        self._replies.clear()
                         return
                     round_ = list(self._replies)
                 for reply in round_:
