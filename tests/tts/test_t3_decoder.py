@@ -142,3 +142,77 @@ def test_full_size_checkpoint_samples_exactly_what_generate_stream_samples(cache
         expected = raw_tokens(tts, TEXTS[0], seed, 0.5, 0.8, limit=50)
         tokens, _ = decode(tts, [dict(text=TEXTS[0], seed=seed, stop_after=50)])
         assert tokens[0] == expected[:50]
+
+
+def test_fixed_shape_attention_over_the_whole_cache_matches(chatterbox, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The CUDA-graph step attends over the whole preallocated cache with per-row key masks (fixed
+    shapes); on CPU the same computation samples the same tokens as the sliced eager step."""
+    jobs = [dict(text=TEXTS[0], seed=1), dict(text=TEXTS[1], seed=2, joins_at=4)]
+    expected, _ = decode(chatterbox, jobs)
+    step, reserve = T3Decoder._step, T3Decoder._reserve
+    monkeypatch.setattr(T3Decoder, "_reserve", lambda self, slots, positions: reserve(self, self.slots, self.max_context))
+    monkeypatch.setattr(T3Decoder, "_step", lambda self, x, positions, keys: step(self, x, positions, self.max_context))
+    tokens, _ = decode(chatterbox, jobs)
+    assert tokens == expected
+
+
+class _ReplayOnCpu:
+    """Stands in for torch.cuda.CUDAGraph on CPU: replay() recomputes the captured step on the static
+    buffers, so the bucket / padding / copy logic around the graphs is tested without a GPU."""
+
+    def __init__(self, decoder: T3Decoder, x_in: torch.Tensor, pos_in: torch.Tensor, out: torch.Tensor):
+        self.decoder, self.x_in, self.pos_in, self.out = decoder, x_in, pos_in, out
+        self.replays = 0
+
+    def replay(self) -> None:
+        self.replays += 1
+        self.out.copy_(self.decoder._step(self.x_in, self.pos_in, self.decoder.max_context))
+
+
+def _with_graphs(monkeypatch: pytest.MonkeyPatch, capture) -> list:
+    from voicechat.tts import t3_decoder
+
+    made: list = []
+    init = T3Decoder.__init__
+
+    def graphed_init(self, *args, **kwargs) -> None:
+        init(self, *args, **kwargs)
+        self._graphs = t3_decoder._StepGraphs(self)
+        self._reserve(self.slots, self.max_context)
+        made.append(self._graphs)
+
+    monkeypatch.setattr(T3Decoder, "__init__", graphed_init)
+    monkeypatch.setattr(t3_decoder._StepGraphs, "_capture", capture)
+    return made
+
+
+def test_graph_buckets_pad_the_batch_and_sample_the_same_tokens(chatterbox, monkeypatch: pytest.MonkeyPatch) -> None:
+    jobs = [dict(text=TEXTS[0], seed=1), dict(text=TEXTS[1], seed=2, joins_at=2), dict(text=TEXTS[2], seed=3, joins_at=4)]
+    expected, _ = decode(chatterbox, jobs)
+
+    def capture(self, bucket: int):
+        rows, decoder = 2 * bucket, self.decoder
+        graph = _ReplayOnCpu(decoder, torch.zeros(rows, 1, decoder._head.in_features),
+                             torch.zeros(rows, dtype=torch.long), torch.zeros(rows, decoder.vocab))
+        return graph, graph.x_in, graph.pos_in, graph.out
+
+    made = _with_graphs(monkeypatch, capture)
+    tokens, _ = decode(chatterbox, jobs)
+    assert tokens == expected
+    assert sorted(made[0].graphs) == [1, 2, 4], "three streams used the 1, 2 and 4 buckets (4 padded)"
+    assert all(graph.replays > 0 for graph, *_ in made[0].graphs.values())
+
+
+def test_a_failed_graph_capture_falls_back_to_eager_with_one_log_line(
+        chatterbox, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    jobs = [dict(text=TEXTS[0], seed=1), dict(text=TEXTS[1], seed=2, joins_at=2)]
+    expected, _ = decode(chatterbox, jobs)
+
+    def broken(self, bucket: int):
+        raise RuntimeError("operation not permitted when stream is capturing")
+
+    made = _with_graphs(monkeypatch, broken)
+    tokens, _ = decode(chatterbox, jobs)
+    assert tokens == expected and made[0].broken
+    failures = [r for r in caplog.records if "CUDA graph capture" in r.getMessage()]
+    assert len(failures) == 1 and "decoding eagerly" in failures[0].getMessage()

@@ -88,7 +88,7 @@ class T3Decoder:
             self._head = t3.speech_head
         self._layers = list(tfmr.layers)
         self._norm = tfmr.norm
-        self._rotary = tfmr.rotary_emb
+        self._rotary = t3.tfmr.rotary_emb  # the fp32 original: RoPE angles in fp32, cast to x's dtype
         attn = self._layers[0].self_attn
         self._heads, self._kv_heads, self._head_dim = attn.num_heads, attn.num_key_value_heads, attn.head_dim
         if self._heads != self._kv_heads:
@@ -327,16 +327,18 @@ class _StepGraphs:
         pos_in = torch.zeros(rows, dtype=torch.long, device=decoder.device)
         # Capture writes position 0 of rows that may belong to live streams: keep their keys/values.
         saved = [(cache[:, :rows, :, 0].clone()) for cache in (decoder._k, decoder._v)]
-        side = torch.cuda.Stream()
-        side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side):
-            for _ in range(2):  # warm-up outside the graph (allocations, kernel selection)
-                decoder._step(x_in, pos_in, decoder.max_context)
-        torch.cuda.current_stream().wait_stream(side)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            out = decoder._step(x_in, pos_in, decoder.max_context)
-        for cache, kept in zip((decoder._k, decoder._v), saved):
-            cache[:, :rows, :, 0] = kept
+        try:
+            side = torch.cuda.Stream()
+            side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(side):
+                for _ in range(2):  # warm-up outside the graph (allocations, kernel selection)
+                    decoder._step(x_in, pos_in, decoder.max_context)
+            torch.cuda.current_stream().wait_stream(side)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):
+                out = decoder._step(x_in, pos_in, decoder.max_context)
+        finally:
+            for cache, kept in zip((decoder._k, decoder._v), saved):
+                cache[:, :rows, :, 0] = kept
         logger.info("T3 decode step captured as a CUDA graph for %d streams", bucket)
         return graph, x_in, pos_in, out
