@@ -110,6 +110,7 @@ class FakeLLM:
         self.requests: list[RecordedRequest] = []
         self.chats: list[ChatRecord] = []
         self._lock = threading.Lock()
+        self._arrived = threading.Condition(self._lock)  # notified as each request arrives
         self._sockets: set[socket.socket] = set()
         self._httpd = ThreadingHTTPServer(("127.0.0.1", port), _make_handler(self))
         self._httpd.daemon_threads = True
@@ -161,6 +162,13 @@ class FakeLLM:
     def chat_requests(self) -> list[RecordedRequest]:
         with self._lock:
             return [r for r in self.requests if r.path in ("/api/chat", "/v1/chat/completions")]
+
+    def wait_chat_requests(self, count: int = 1, timeout: float = 5.0) -> None:
+        """Block until ``count`` chat requests have arrived (raises TimeoutError otherwise)."""
+        chats = ("/api/chat", "/v1/chat/completions")
+        with self._arrived:
+            if not self._arrived.wait_for(lambda: sum(r.path in chats for r in self.requests) >= count, timeout):
+                raise TimeoutError(f"fewer than {count} chat requests reached the fake LLM server")
 
     def wait_chat_ended(self, index: int = -1, timeout: float = 5.0) -> ChatRecord:
         """The chat record ``index`` once its handler has finished (raises TimeoutError otherwise)."""
@@ -222,6 +230,7 @@ def _make_handler(fake: FakeLLM) -> type[BaseHTTPRequestHandler]:
             request = RecordedRequest(method, self.path, {k.lower(): v for k, v in self.headers.items()}, body)
             with fake._lock:
                 fake.requests.append(request)
+                fake._arrived.notify_all()
             routes = {
                 ("GET", "/api/tags"): self._ollama_tags,
                 ("POST", "/api/show"): self._ollama_show,

@@ -197,7 +197,7 @@ def create_app(settings: Settings) -> FastAPI:
         state.metrics.sessions.inc()
         try:
             if not state.ready.is_set():
-                await websocket.send_text(p.server_message("status", state="loading"))
+                await websocket.send_text(p.encode(p.Status(state="loading")))
                 await report_until_ready(websocket.send_text, state.progress, state.ready)
             if state.services is None:
                 await websocket.send_text(

@@ -15,6 +15,9 @@ import soundfile
 import soxr
 
 INT16_SCALE = 32768.0
+# Chatterbox speaks at 24 kHz (S3GEN_SR): the rate of every TTS chunk, of the audio sent to clients and
+# of stored reference voices (prepare_conditionals resamples references to it).
+SPEECH_SAMPLE_RATE = 24_000
 
 
 class AudioFormatError(ValueError):

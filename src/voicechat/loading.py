@@ -123,7 +123,7 @@ async def report_until_ready(
     while not ready.is_set():
         if progress.version != sent:
             sent = progress.version
-            await send_text(p.loading_message(progress.snapshot()))
+            await send_text(p.encode(p.Loading(models=progress.snapshot())))
         try:
             await asyncio.wait_for(ready.wait(), REPORT_INTERVAL_S)
         except TimeoutError:

@@ -1,11 +1,14 @@
 """The WebSocket protocol (docs/protocol.md): message models and the binary frame codec.
 
-This module is the one source of truth for what crosses the socket. It does no I/O.
+This module is the one source of truth for what crosses the socket, both ways: client messages are
+parsed into typed models, server messages are typed models turned into JSON by :func:`encode`
+(tests/server/test_protocol.py checks docs/protocol.md's tables against them). It does no I/O.
 """
 
 from __future__ import annotations
 
 import json
+import re
 import struct
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal, Union
@@ -13,24 +16,32 @@ from typing import Annotated, Any, Literal, Union
 import numpy as np
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
-from voicechat.audio import AudioFormatError, pcm16_bytes_to_int16
+from voicechat.audio import SPEECH_SAMPLE_RATE, AudioFormatError, pcm16_bytes_to_int16
 
 PROTOCOL_VERSION = 1
-OUTPUT_SAMPLE_RATE = 24000
+OUTPUT_SAMPLE_RATE = SPEECH_SAMPLE_RATE  # the client gets the TTS's audio as it is made, never resampled
 MAX_TEXT_MESSAGE_BYTES = 64 * 1024
+
+# The one rule for voice names, wherever a name arrives (settings, uploads, the voices directory).
+DEFAULT_VOICE = "default"  # the built-in voice (or the configured reference recording)
+VOICE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
+VOICE_NAME_RULE = "1-64 letters, digits, '-' or '_', starting with a letter or digit"
 
 # Uplink: uint32 BE client timestamp (ms), uint32 BE flags; downlink: uint32 BE turn id, uint32 BE seq.
 FRAME_HEADER = struct.Struct(">II")
 FLAG_PLAYING = 1  # uplink flags bit 0: the client is playing assistant audio right now
 
-# WebSocket close codes we use.
-CLOSE_NORMAL = 1000
+# WebSocket close codes the server sends itself (1009, message too big, comes from the server's
+# WebSocket layer).
 CLOSE_POLICY = 1008
-CLOSE_TOO_BIG = 1009
 CLOSE_INTERNAL = 1011
 CLOSE_SERVER_FULL = 1013
 
-STATES = ("loading", "listening", "hearing", "thinking", "speaking", "interrupted")
+State = Literal["loading", "listening", "hearing", "thinking", "speaking", "interrupted"]
+
+
+def is_voice_name(name: object) -> bool:
+    return isinstance(name, str) and VOICE_NAME.fullmatch(name) is not None
 
 
 class ProtocolError(Exception):
@@ -89,7 +100,7 @@ class SettingsPatch(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
     speed: int | None = Field(None, ge=0, le=100)
-    voice: str | None = Field(None, min_length=1, max_length=64)
+    voice: str | None = Field(None, pattern=f"^{VOICE_NAME.pattern}$")
     exaggeration: float | None = Field(None, ge=0.25, le=2.0)
     cfg_weight: float | None = Field(None, ge=0.0, le=1.0)
     temperature: float | None = Field(None, ge=0.05, le=5.0)
@@ -188,16 +199,120 @@ def decode_downlink_frame(data: bytes) -> tuple[int, int, np.ndarray]:
 # --- Server -> client -----------------------------------------------------------------------------
 
 
-def server_message(kind: str, **fields: Any) -> str:
-    """One JSON server message; field names are those of docs/protocol.md."""
-    return json.dumps({"type": kind, **fields}, ensure_ascii=False)
+class ConversationSettings(BaseModel):
+    """A conversation's settings, as ``hello`` and ``settings`` send them (SettingsPatch changes them)."""
+
+    model_config = ConfigDict(extra="forbid")
+    speed: int
+    voice: str = DEFAULT_VOICE
+    exaggeration: float
+    cfg_weight: float
+    temperature: float
+
+
+class _Out(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ServerHello(_Out):
+    type: Literal["hello"] = "hello"
+    protocol: int = PROTOCOL_VERSION
+    session_id: str
+    input_sample_rate: int
+    output_sample_rate: int = OUTPUT_SAMPLE_RATE
+    settings: ConversationSettings
+    voices: list[str]
+
+
+class Status(_Out):
+    type: Literal["status"] = "status"
+    state: State
+
+
+class Loading(_Out):
+    """Model loading progress: each model's name, stage (waiting, downloading, loading, ready, failed),
+    bytes_done and bytes_total (None when unknown)."""
+
+    type: Literal["loading"] = "loading"
+    models: list[dict[str, Any]]
+
+
+class _TurnOut(_Out):
+    """A message about one assistant turn (and the user's words it answers)."""
+
+    turn_id: int
+
+
+class PartialUserRequest(_Out):
+    type: Literal["partial_user_request"] = "partial_user_request"
+    content: str
+
+
+class FinalUserRequest(_TurnOut):
+    type: Literal["final_user_request"] = "final_user_request"
+    content: str
+
+
+class PartialAssistantAnswer(_TurnOut):
+    type: Literal["partial_assistant_answer"] = "partial_assistant_answer"
+    content: str
+
+
+class FinalAssistantAnswer(_TurnOut):
+    type: Literal["final_assistant_answer"] = "final_assistant_answer"
+    content: str
+    interrupted: bool
+
+
+class TtsEnd(_TurnOut):
+    type: Literal["tts_end"] = "tts_end"
+    samples: int
+
+
+class StopTts(_TurnOut):
+    type: Literal["stop_tts"] = "stop_tts"
+
+
+class TtsInterruption(_TurnOut):
+    type: Literal["tts_interruption"] = "tts_interruption"
+
+
+class TurnMetrics(_TurnOut):
+    type: Literal["turn_metrics"] = "turn_metrics"
+    endpointing_ms: float | None
+    stt_ms: float | None
+    llm_first_token_ms: float | None
+    tts_first_chunk_ms: float | None
+    first_audio_ms: float | None
+
+
+class SettingsChanged(_Out):
+    type: Literal["settings"] = "settings"
+    settings: ConversationSettings
+
+
+class HistoryCleared(_Out):
+    type: Literal["history_cleared"] = "history_cleared"
+
+
+class Error(_Out):
+    type: Literal["error"] = "error"
+    code: str
+    message: str
+    fatal: bool = False
+
+
+ServerMessage = Union[
+    ServerHello, Status, Loading, PartialUserRequest, FinalUserRequest, PartialAssistantAnswer,
+    FinalAssistantAnswer, TtsEnd, StopTts, TtsInterruption, TurnMetrics, SettingsChanged, HistoryCleared, Error,
+]
+SERVER_MESSAGES: tuple[type[_Out], ...] = ServerMessage.__args__  # type: ignore[attr-defined]
+
+
+def encode(message: ServerMessage) -> str:
+    """One server message as the JSON text frame it is sent as."""
+    return message.model_dump_json()
 
 
 def error_message(code: str, message: str, *, fatal: bool = False) -> str:
-    return server_message("error", code=code, message=message, fatal=fatal)
-
-
-def loading_message(models: list[dict[str, Any]]) -> str:
-    """Model loading progress, sent before hello while the server loads: each model's name, stage
-    (waiting, downloading, loading, ready, failed), bytes_done and bytes_total (None when unknown)."""
-    return server_message("loading", models=models)
+    return encode(Error(code=code, message=message, fatal=fatal))

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import io
-import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -21,12 +20,12 @@ import soundfile
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
-from voicechat.audio import float32_to_int16, resample
+from voicechat.audio import SPEECH_SAMPLE_RATE, float32_to_int16, resample
 from voicechat.config import Settings
+from voicechat.protocol import DEFAULT_VOICE, VOICE_NAME_RULE, is_voice_name
 from voicechat.tts.engine import TTSError
 
-VOICE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,39}$")
-STORED_RATE = 24_000  # Chatterbox's S3GEN_SR: what prepare_conditionals resamples every reference to
+STORED_RATE = SPEECH_SAMPLE_RATE  # what prepare_conditionals resamples every reference to
 FORMATS = {"WAV": "WAV", "WAVEX": "WAV", "FLAC": "FLAC", "OGG": "OGG"}  # soundfile major format -> name
 MIN_RATE, MAX_RATE = 8_000, 192_000
 MAX_CHANNELS = 8
@@ -167,8 +166,8 @@ async def read_body(request: Request, limits: VoiceLimits, timeout_s: float) -> 
 def _check_name(name: str | None) -> str:
     if not name:
         raise UploadError(400, "bad_voice", "say the voice's name: ?name=NAME")
-    if not VOICE_NAME.match(name) or name == "default":
-        raise UploadError(400, "bad_voice", "voice names are 1-40 letters, digits, '-' or '_' (and not 'default')")
+    if not is_voice_name(name) or name == DEFAULT_VOICE:
+        raise UploadError(400, "bad_voice", f"voice names are {VOICE_NAME_RULE} (and not {DEFAULT_VOICE!r})")
     return name
 
 

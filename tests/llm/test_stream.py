@@ -265,8 +265,7 @@ async def test_cancelling_the_consumer_task_then_aclose_closes_the_stream(provid
         llm = create_llm(llm_settings(fake, provider))
         stream = llm.stream(MESSAGES)
         consumer = asyncio.create_task(anext(stream))
-        while not fake.chat_requests():  # cancel once the request is out, whatever the machine's speed
-            await asyncio.sleep(0.01)
+        await asyncio.to_thread(fake.wait_chat_requests)  # cancel once the request is out
         consumer.cancel()
         await stream.aclose()
         record = await asyncio.to_thread(fake.wait_chat_ended, -1, 2.0)
