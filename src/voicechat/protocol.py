@@ -7,6 +7,7 @@ parsed into typed models, server messages are typed models turned into JSON by :
 
 from __future__ import annotations
 
+import base64
 import json
 import re
 import struct
@@ -16,7 +17,7 @@ from typing import Annotated, Any, Literal, Union
 import numpy as np
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
-from voicechat.audio import SPEECH_SAMPLE_RATE, AudioFormatError, pcm16_bytes_to_int16
+from voicechat.audio import SPEECH_SAMPLE_RATE, AudioFormatError, pcm16_bytes_to_int16, resample
 
 PROTOCOL_VERSION = 1
 OUTPUT_SAMPLE_RATE = SPEECH_SAMPLE_RATE  # the client gets the TTS's audio as it is made, never resampled
@@ -316,3 +317,76 @@ def encode(message: ServerMessage) -> str:
 
 def error_message(code: str, message: str, *, fatal: bool = False) -> str:
     return encode(Error(code=code, message=message, fatal=fatal))
+
+
+# --- The original RealtimeVoiceChat protocol (legacy clients), translated at the edge ----------------
+# A client written for the original app never sends hello: its first message is a binary audio frame.
+# It sends int16 audio at its AudioContext's rate (never said: measured here), expects its replies in the
+# original {"type", "content"} shapes and TTS as base64 int16 mono at 48 kHz in tts_chunk messages.
+
+LEGACY_OUTPUT_RATE = 48_000
+LEGACY_INPUT_RATES = (16_000, 22_050, 24_000, 32_000, 44_100, 48_000)
+LEGACY_MEASURE_MS = 1_000  # header time a rate is measured over before it replaces the 48 kHz guess
+_LEGACY_CONTENT = (PartialUserRequest, FinalUserRequest, PartialAssistantAnswer, FinalAssistantAnswer)
+
+
+class LegacyRateMeter:
+    """A legacy client's input rate: samples per millisecond of its frames' header timestamps, snapped to
+    the nearest common rate; 48 kHz (what the original server assumed) until enough frames arrived."""
+
+    def __init__(self) -> None:
+        self.rate = 48_000
+        self._first_ms: int | None = None
+        self._samples_since_first = 0  # samples of the frames after the first one
+
+    def add(self, frame: AudioFrame) -> int:
+        if self._first_ms is None:
+            self._first_ms = frame.timestamp_ms
+            return self.rate
+        self._samples_since_first += len(frame.pcm)
+        elapsed_ms = (frame.timestamp_ms - self._first_ms) & 0xFFFFFFFF  # the client's clock wraps at 2**32
+        if elapsed_ms >= LEGACY_MEASURE_MS:
+            measured = self._samples_since_first * 1000 / elapsed_ms
+            self.rate = min(LEGACY_INPUT_RATES, key=lambda rate: abs(rate - measured))
+        return self.rate
+
+
+def encode_legacy(message: ServerMessage) -> str | None:
+    """A server message in the original app's shape, or None for one it has no counterpart of."""
+    if isinstance(message, _LEGACY_CONTENT):
+        return json.dumps({"type": message.type, "content": message.content}, ensure_ascii=False)
+    if isinstance(message, (StopTts, TtsInterruption)):
+        return json.dumps({"type": message.type, "content": ""})
+    return None
+
+
+def encode_legacy_audio(pcm: np.ndarray) -> str:
+    """A TTS chunk (int16 at OUTPUT_SAMPLE_RATE) as the original tts_chunk: base64 int16 LE mono, 48 kHz."""
+    resampled = resample(pcm.astype(np.int16, copy=False), OUTPUT_SAMPLE_RATE, LEGACY_OUTPUT_RATE)
+    content = base64.b64encode(resampled.astype("<i2", copy=False).tobytes()).decode("ascii")
+    return json.dumps({"type": "tts_chunk", "content": content})
+
+
+class LegacyQueue(_Message):
+    """A legacy client's tts_start / tts_stop: its playback queue started or ran dry. It carries no turn
+    id and comes several times per reply whenever the queue empties between chunks: not a turn's end."""
+
+    type: Literal["legacy_queue"] = "legacy_queue"
+    playing: bool
+
+
+LegacyClientMessage = Union[ClearHistory, SetSpeed, LegacyQueue]
+
+
+def parse_legacy_client_message(text: str) -> LegacyClientMessage:
+    """One JSON text frame from a legacy client, as a typed message, or ProtocolError."""
+    try:
+        data = json.loads(text) if len(text) <= MAX_TEXT_MESSAGE_BYTES else None
+    except (json.JSONDecodeError, RecursionError):
+        raise ProtocolError("bad_json", "not valid JSON") from None
+    kind = data.get("type") if isinstance(data, dict) else None
+    if kind in ("tts_start", "tts_stop"):
+        return LegacyQueue(playing=kind == "tts_start")
+    if kind in ("clear_history", "set_speed"):
+        return parse_client_message(text)  # type: ignore[return-value]
+    raise ProtocolError("unknown_type", f"unknown message type {str(kind)[:40]!r}")
