@@ -90,6 +90,9 @@ class ClientPlayback:
 
     # --- readers -----------------------------------------------------------------------------------
 
+    def live_turns(self) -> set[int]:
+        return set(self._turns)
+
     def audible(self, turn_id: int) -> bool:
         turn = self._turns.get(turn_id)
         if turn is None or turn.ends_at is None or turn.stopped:

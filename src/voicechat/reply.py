@@ -133,6 +133,8 @@ class Reply:
             self._to("played")  # it had just ended
         elif self.state not in ("played", "interrupted", "dropped"):
             self._to("interrupted" if self.confirmed else "dropped")
+        if self.state == "dropped":
+            self._playback.forget(self.turn_id)  # nobody heard it: nothing to write, nothing to keep
 
     def heard_text(self) -> str:
         """What the user got of the reply: all of it once every sample sent was played (a reply without

@@ -305,5 +305,6 @@ async def conversation(fake_llm: FakeLLM, **overrides: Any) -> AsyncIterator[Con
     # Whatever state it ended in, the conversation let go of everything it started.
     assert conv.listener.closed
     assert conv.tts.open_streams == 0
+    assert conv.session.playback.live_turns() == set()
     assert conv.gauge("voicechat_replies_active") == 0 and conv.gauge("voicechat_llm_streams_active") == 0
     assert {t.get_name() for t in asyncio.all_tasks()} & {f"reply-{n}" for n in range(1, 50)} == set()
