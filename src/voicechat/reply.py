@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Literal
@@ -32,6 +33,8 @@ from voicechat.tts.engine import TTSEngine, TTSError, TTSParams
 from voicechat.tts.segmenter import Segmenter
 
 log = logging.getLogger(__name__)
+
+_WORD = re.compile(r"\S+")
 
 ReplyState = Literal["speculative", "thinking", "speaking", "generated", "played", "interrupted", "dropped"]
 TRANSITIONS: dict[ReplyState, frozenset[ReplyState]] = {
@@ -56,8 +59,8 @@ class Outlet:
 
 @dataclass
 class _Spoken:
-    raw_end: int  # the segment was made from the reply text up to here
-    words: list[str]  # the raw words of its own part of the text
+    raw_start: int  # the segment was made from self.text[raw_start:raw_end]
+    raw_end: int
     start_sample: int
     end_sample: int  # grows while the segment's audio streams
 
@@ -138,7 +141,8 @@ class Reply:
 
     def heard_text(self) -> str:
         """What the user got of the reply: all of it once every sample sent was played (a reply without
-        audio was read on screen), else the reply's own text up to where playback stopped."""
+        audio was read on screen), else the reply's own text up to where playback stopped: whole
+        segments, then the played share of the next one's words. Always a prefix of the reply's text."""
         if self.samples_sent == 0:
             return "" if self.state == "interrupted" else self.text.strip()
         played = self._playback.heard_samples(self.turn_id)
@@ -150,9 +154,11 @@ class Reply:
                 heard_to = segment.raw_end
                 continue
             length = segment.end_sample - segment.start_sample
-            share = (played - segment.start_sample) / length if length > 0 else 0.0
-            part = " ".join(segment.words[: int(len(segment.words) * share)]) if share > 0 else ""
-            return (self.text[:heard_to].rstrip() + " " + part).strip()
+            words = list(_WORD.finditer(self.text, segment.raw_start, segment.raw_end))
+            heard_words = int(len(words) * (played - segment.start_sample) / length) if length > 0 else 0
+            if heard_words > 0:
+                heard_to = words[heard_words - 1].end()
+            break
         return self.text[:heard_to].strip()
 
     def metrics_message(self) -> p.TurnMetrics:
@@ -259,7 +265,7 @@ class Reply:
         while (item := await self._segments.get()) is not None:
             text, raw_end = item
             raw_start = self._spoken[-1].raw_end if self._spoken else 0
-            segment = _Spoken(raw_end, self.text[raw_start:raw_end].split(), self.samples_sent, self.samples_sent)
+            segment = _Spoken(raw_start, raw_end, self.samples_sent, self.samples_sent)
             self._spoken.append(segment)
             try:
                 stream = self._tts.stream(text, self._params)

@@ -353,3 +353,17 @@ async def test_disconnect_at_each_state(llm_server: FakeLLM, moment: str) -> Non
     assert state == {"speculating": "listening", "playing": "speaking"}.get(moment, moment)
     if moment in ("speculating", "thinking"):
         assert llm_server.wait_chat_ended().client_closed
+
+
+async def test_the_heard_text_is_a_prefix_of_the_reply_as_shown(llm_server: FakeLLM) -> None:
+    shown = "**Paris** is the capital of France.\n\nIt has about two million people, and *many* bridges."
+    llm_server.set_scripts(Script(reply=shown))
+    async with conversation(llm_server) as conv:
+        conv.tts.hold()
+        turn = await conv.type("Tell me about Paris")
+        conv.tts.release(15)  # both sentences, six chunks and nine
+        await conv.samples(turn, 15 * CHUNK)
+        conv.send({"type": "playback", "turn_id": turn, "played_samples": 8 * CHUNK})
+        final = await barge_in(conv, turn)
+        assert final["content"] == "**Paris** is the capital of France.\n\nIt has"  # the page dims the rest
+        assert shown.startswith(final["content"])
