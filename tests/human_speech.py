@@ -29,6 +29,8 @@ PAUSES_S = (0.2, 0.35, 0.5, 0.7, 0.9, 1.2)  # inserted hesitations, cycled over 
 RATE = 16000
 FADE_S = 0.015  # a 15 ms fade on both sides of the inserted pause: no click at the cut
 LOUD = 200  # int16 level (~-44 dBFS) above the recordings' floor: where the speech starts and ends
+_STRAY_S, _STRAY_GAP_S = 0.12, 0.2  # a burst this short, this far from the sentence: the next prompt's onset
+_VERSION = 2  # part of the cache key: bump when the building changes
 
 
 @dataclass(frozen=True)
@@ -68,6 +70,24 @@ def cuts(split: str | None = None) -> list[Cut]:
     return [row for row in rows if split is None or row.split == split]
 
 
+def _without_stray_tail(audio: np.ndarray) -> np.ndarray:
+    """``audio`` without a short burst after a gap at its end: a span's end taken from Whisper's
+    approximate timestamps may hold the first sound of the next sentence, which is no part of this one."""
+    hop = RATE // 100
+    frames = np.array([np.sqrt(np.mean(audio[i : i + hop] ** 2)) * 32768 for i in range(0, len(audio) - hop + 1, hop)])
+    loud = np.nonzero(frames > 300)[0]
+    if len(loud) < 2:
+        return audio
+    gaps = np.nonzero(np.diff(loud) > 1)[0]
+    if not len(gaps):
+        return audio
+    last_run_start = loud[gaps[-1] + 1]
+    gap = last_run_start - loud[gaps[-1]] - 1
+    if (loud[-1] - last_run_start + 1) * hop < _STRAY_S * RATE and gap * hop >= _STRAY_GAP_S * RATE:
+        return audio[: (loud[gaps[-1]] + 1) * hop]
+    return audio
+
+
 def _to_int16(audio: np.ndarray) -> np.ndarray:
     return np.clip(np.round(audio * 32768), -32768, 32767).astype(np.int16)
 
@@ -76,7 +96,7 @@ def build(cut: Cut) -> HumanUtterance:
     """The sentence of ``cut`` at 16 kHz with ``cut.pause_s`` of silence at the cut (cached)."""
     if not available():
         raise FileNotFoundError(f"{PACKAGE_DIR} is missing: install the Debian package {PACKAGE} (scripts/test.sh does)")
-    key = hashlib.sha1(repr(cut).encode()).hexdigest()[:16]
+    key = hashlib.sha1(f"{cut!r}|{_VERSION}".encode()).hexdigest()[:16]
     cached = CACHE_DIR / "human" / f"{key}.npz"
     if cached.exists():
         data = np.load(cached)
@@ -89,6 +109,8 @@ def build(cut: Cut) -> HumanUtterance:
     head[-fade:] *= np.linspace(1, 0, fade, dtype=np.float32)
     tail[:fade] *= np.linspace(0, 1, fade, dtype=np.float32)
     # Trim the span to its speech: the turn starts and ends where the voice does.
+    head = _without_stray_tail(head[::-1])[::-1].copy()
+    tail = _without_stray_tail(tail)
     loud_head = np.nonzero(np.abs(head) * 32768 > LOUD)[0]
     loud_tail = np.nonzero(np.abs(tail) * 32768 > LOUD)[0]
     head = head[max(0, loud_head[0] - round(0.02 * RATE)) :]

@@ -322,11 +322,11 @@ class Listener:
     def _judgement(self, turn: _Turn, pause: _Pause) -> bool:
         if pause.complete is None:
             transcript = self._transcript(pause.candidate, turn)
-            pause.complete = self._is_complete(self._result(pause.smart), transcript.text, transcript.logprob)
+            pause.complete = self._is_complete(self._result(pause.smart), transcript)
         return pause.complete
 
-    def _is_complete(self, smart: float | None, text: str, logprob: float) -> bool:
-        return pause_ends_turn(smart, text, logprob, self._models.language)
+    def _is_complete(self, smart: float | None, transcript: Transcript) -> bool:
+        return pause_ends_turn(smart, transcript, self._models.language)
 
     async def _end_turn(
         self, turn: _Turn, now: float, *, forced: bool, decided_at: float | None = None
@@ -403,7 +403,7 @@ class Listener:
             log.warning("transcription failed: %r", error)
             return Transcript("")
         heard = future.result()
-        return Transcript(clean_text(heard.text, turn.speech_s), heard.logprob)
+        return Transcript(clean_text(heard.text, turn.speech_s), heard.logprob, heard.last_word_probability)
 
     def _cancel_pause(self, turn: _Turn) -> None:
         if turn.pause is not None:

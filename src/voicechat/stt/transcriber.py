@@ -24,6 +24,7 @@ from faster_whisper import WhisperModel
 log = logging.getLogger(__name__)
 
 _FINAL, _PARTIAL = 0, 1  # queue priorities: lower runs first
+_WINDOW_SAMPLES = 30 * 16000  # Whisper's input window
 _QUEUE_LIMIT = 256  # each conversation has at most one partial and two finals queued, so this is never reached normally
 
 # Segment filters, the thresholds Whisper itself uses for its fallback decisions.
@@ -58,10 +59,14 @@ def clean_text(text: str, speech_s: float) -> str:
 @dataclass(frozen=True)
 class Transcript:
     """What Whisper heard, and how sure it was: the lowest average token log-probability among the
-    segments kept (0 is certain; Whisper itself retries below -1). No words gives 0."""
+    segments kept (0 is certain; Whisper itself retries below -1; no words gives 0), and, for finals,
+    the probability of the last word (1.0 for partials and for no words). A word misheard at a pause
+    ("... followed by the panel" for "the | pound key") is the transcript's least sure word, while a
+    whole sentence of narrow-band phone speech may average under -0.5 and still be right."""
 
     text: str
     logprob: float = 0.0
+    last_word_probability: float = 1.0
 
 
 class TranscriberClosed(RuntimeError):
@@ -129,8 +134,15 @@ class Transcriber:
             temperature=0.0,  # no fallback re-runs: a doubtful segment is dropped, not retried
             condition_on_previous_text=False,
             without_timestamps=True,
+            word_timestamps=final,  # for the words' probabilities (one more decoder pass: ~0.1 s on a CPU)
             vad_filter=False,  # our VAD already chose the audio
         )
+        if final and len(audio) <= _WINDOW_SAMPLES:
+            # With word timestamps faster-whisper decodes again from the last word's end to the end of
+            # the audio, where the silence turns into "Thank you."; without them one window covers
+            # the clip. So only the first window's segments count, as they would without timestamps
+            # (the generator stops there: the second decode never runs).
+            segments = itertools.takewhile(lambda segment: segment.seek == 0, segments)
         kept = [
             segment
             for segment in segments
@@ -138,9 +150,11 @@ class Transcriber:
             and segment.avg_logprob > _VERY_LOW_LOGPROB
             and segment.compression_ratio <= _MAX_COMPRESSION_RATIO
         ]
+        words = [word for segment in kept for word in segment.words or () if any(c.isalnum() for c in word.word)]
         return Transcript(
             " ".join(" ".join(segment.text for segment in kept).split()),
             min((segment.avg_logprob for segment in kept), default=0.0),
+            words[-1].probability if words else 1.0,
         )
 
     def close(self) -> None:
