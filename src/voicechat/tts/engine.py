@@ -348,7 +348,8 @@ class TTSEngine:
         self.max_streams: int = settings.tts_max_streams or DEFAULT_MAX_STREAMS.get(kind, 4)
         self._decoder = T3Decoder(tts.t3, slots=self.max_streams, bf16=settings.tts_bf16,
                                   cuda_graphs=settings.tts_cuda_graphs)
-        self._renderer = Renderer(tts, first_chunk_ref_s=settings.tts_first_chunk_ref_s)
+        self._renderer = Renderer(tts, first_chunk_ref_s=settings.tts_first_chunk_ref_s,
+                                  cuda_graphs=settings.tts_cuda_graphs)
         self._lock = threading.Condition()
         self._jobs: list[Job] = []
         self._dropped: list[Job] = []

@@ -32,9 +32,15 @@ continuous signal:
 - only a segment's first chunk gets S3Gen's 40 ms ``trim_fade`` (it hides spill-over from the
   reference prompt) and only its last chunk a 10 ms fade-out (a segment's end meets the next one's
   silent start without a step).
-So the engine must NOT fade chunks itself (engine.py's ``FADE_OUT`` goes once this renderer is used).
+So the engine must NOT fade chunks itself (engine.py's ``FADE_OUT`` goes once this renderer is used),
+and on CUDA it should pass ``cuda_graphs=settings.tts_cuda_graphs`` (see below).
 A non-last chunk therefore yields ``(new tokens - 3) * 40 ms - overlap_frames * 20 ms`` less than its
 tokens' duration the first time; the held audio comes with the next chunk (or the last).
+
+On CUDA, ``cuda_graphs=True`` captures the whole 10-step flow solve as one CUDA graph per (batch size,
+frame bucket) shape: the estimator is ~1,000 small kernels per step, so launch overhead, not arithmetic,
+bounds it there. Batches are padded to a multiple of ``GRAPH_FRAME_BUCKET`` frames (exact: padding is
+masked). A failed capture falls back to eager with one logged line.
 
 First chunk: ``first_chunk_ref_s`` renders a segment's first chunk with only the last seconds of the
 voice's reference prompt (S3Gen's cost grows with prompt frames); later chunks use the whole prompt.
@@ -42,6 +48,7 @@ voice's reference prompt (S3Gen's cost grows with prompt frames); later chunks u
 
 from __future__ import annotations
 
+import logging
 import math
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -54,6 +61,8 @@ import torch.nn.functional as F
 if TYPE_CHECKING:
     from chatterbox.tts import ChatterboxTTS
 
+logger = logging.getLogger(__name__)
+
 SAMPLE_RATE = 24_000
 TOKEN_FRAMES = 2  # mel frames per speech token (25 tokens/s, 50 frames/s)
 FRAME_SAMPLES = 480  # vocoder samples per mel frame
@@ -61,6 +70,7 @@ LOOKAHEAD_TOKENS = 3  # the encoder's pre-lookahead convolution reads 3 tokens a
 CONTEXT_TOKENS = 50  # earlier tokens re-encoded as context, as generate_stream does
 OVERLAP_FRAMES = 4  # mel frames vocoded twice and crossfaded at each boundary (80 ms)
 FLOW_STEPS = 10  # S3Gen's Euler steps (hard-coded there too)
+GRAPH_FRAME_BUCKET = 32  # with CUDA graphs, flow batches are padded to a multiple of this many frames
 END_FADE_S = 0.01
 
 
@@ -108,7 +118,7 @@ class Renderer:
 
     def __init__(self, tts: ChatterboxTTS, *, context_tokens: int = CONTEXT_TOKENS,
                  overlap_frames: int = OVERLAP_FRAMES, first_chunk_ref_s: float | None = None,
-                 flow_steps: int = FLOW_STEPS):
+                 flow_steps: int = FLOW_STEPS, cuda_graphs: bool = False, frame_bucket: int | None = None):
         if overlap_frames < 1 or context_tokens < 0 or flow_steps < 1:
             raise ValueError("overlap_frames and flow_steps must be >= 1, context_tokens >= 0")
         self._tts = tts
@@ -118,6 +128,10 @@ class Renderer:
         self._overlap = overlap_frames
         self._first_ref_tokens = None if first_chunk_ref_s is None else max(1, round(first_chunk_ref_s * 25))
         self._steps = flow_steps
+        self._graphs = _SolveGraphs(self) if (cuda_graphs and self._device.type == "cuda") else None
+        # Padding batches to a frame bucket keeps graph shapes few; it is exact, so it may also be tested
+        # without graphs (frame_bucket).
+        self._bucket = frame_bucket or (GRAPH_FRAME_BUCKET if self._graphs is not None else 1)
         decoder = self._s3gen.flow.decoder
         self._noise = decoder.rand_noise.to(self._device)  # S3Gen's fixed flow noise
         self._cfg_rate = float(decoder.inference_cfg_rate)
@@ -189,9 +203,10 @@ class Renderer:
         # The decoder sees the prompt's frames and the frames up to ``end`` (look-ahead tokens dropped).
         prompt_frames = [job.prompt_feat.shape[1] for job in jobs]
         frame_lens = [TOKEN_FRAMES * (job.prompt_token.shape[1] + job.end - job.context) for job in jobs]
-        frames = max(frame_lens)
+        frames = -(-max(frame_lens) // self._bucket) * self._bucket
         mask = _lengths_mask(frame_lens, frames, device).unsqueeze(1).to(hidden.dtype)  # (B, 1, F)
-        mu = flow.encoder_proj(hidden[:, :frames]).transpose(1, 2) * mask  # (B, 80, F)
+        mu = flow.encoder_proj(hidden[:, :frames]).transpose(1, 2)
+        mu = F.pad(mu, (0, frames - mu.shape[2])) * mask  # (B, 80, F)
         cond = torch.zeros(batch, mu.shape[1], frames, device=device, dtype=mu.dtype)
         noise = torch.zeros_like(cond)
         embeddings = torch.cat([job.request.ref["embedding"].to(device) for job in jobs])
@@ -199,7 +214,8 @@ class Renderer:
         for row, job in enumerate(jobs):
             cond[row, :, :prompt_frames[row]] = job.prompt_feat[0].transpose(0, 1)
             noise[row, :, :frame_lens[row]] = self._noise[0, :, :frame_lens[row]]
-        mel = self._solve(noise, mask, mu, spks, cond)
+        solve = self._graphs.solve if self._graphs is not None else self._solve
+        mel = solve(noise, mask, mu, spks, cond)
         for row, job in enumerate(jobs):
             start = prompt_frames[row] + TOKEN_FRAMES * (job.state.done - job.context)
             new = mel[row, :, start:frame_lens[row]]
@@ -354,6 +370,45 @@ class Renderer:
             state.emitted = True
             audio = self._tts.watermarker.apply_watermark(audio, sample_rate=SAMPLE_RATE)
         job.audio = np.ascontiguousarray(audio, dtype=np.float32)
+
+
+class _SolveGraphs:
+    """The flow solve captured as one CUDA graph per input shape (inputs copied into static buffers)."""
+
+    def __init__(self, renderer: Renderer):
+        self._renderer = renderer
+        self._graphs: dict[tuple, tuple] = {}
+        self._failed = False
+
+    def solve(self, *inputs: torch.Tensor) -> torch.Tensor:
+        if self._failed:
+            return self._renderer._solve(*inputs)
+        key = tuple(tuple(tensor.shape) for tensor in inputs)
+        entry = self._graphs.get(key)
+        if entry is None:
+            try:
+                entry = self._graphs[key] = self._capture(inputs)
+            except Exception:  # a capture that fails costs speed, never the speech
+                logger.exception("capturing the S3Gen flow as a CUDA graph failed; running it eagerly")
+                self._failed = True
+                return self._renderer._solve(*inputs)
+        graph, static, output = entry
+        for buffer, tensor in zip(static, inputs):
+            buffer.copy_(tensor)
+        graph.replay()
+        return output.clone()
+
+    def _capture(self, inputs: tuple[torch.Tensor, ...]) -> tuple:
+        static = [tensor.clone() for tensor in inputs]
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            self._renderer._solve(*static)  # warm-up outside the graph (lazy initialisation)
+        torch.cuda.current_stream().wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            output = self._renderer._solve(*static)
+        return graph, static, output
 
 
 def _attend(x: torch.Tensor, blocks, bias: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
