@@ -152,7 +152,9 @@ class Settings(BaseSettings):
     )
     tts_bf16: bool = Field(True, description="On CUDA, run Chatterbox's T3 decoder in bfloat16 (CPU stays float32).")
     tts_cuda_graphs: bool = Field(
-        True, description="On CUDA, replay T3 decode steps as CUDA graphs (falls back to eager if capture fails)."
+        True,
+        description="On CUDA, replay T3 decode steps and S3Gen's flow solve as CUDA graphs (falls back to eager if "
+        "capture fails).",
     )
     tts_warmup: bool = Field(True, description="Run one short generation at start so the first reply is fast.")
 
