@@ -379,6 +379,8 @@ def main() -> int:
     parser.add_argument("--first-chunk", type=int, default=10, help="first-chunk policy: tokens of the first chunk")
     parser.add_argument("--first-ref-s", type=float, default=1.0, help="first-chunk policy: reference prompt seconds")
     parser.add_argument("--t3-steps", type=int, default=25, help="decode steps for the T3 tokens/s row")
+    parser.add_argument("--s3gen-streams", type=int, default=None,
+                        help="streams of the S3Gen-alone batched row (default: the largest N)")
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (CPU)")
     args = parser.parse_args()
     counts = sorted({int(n) for n in args.streams.split(",")})
@@ -419,7 +421,9 @@ def main() -> int:
           + ", ".join(f"{stream.ttfa:.3f}" for _, stream, _ in raw_runs) + " s", flush=True)
 
     top = max(counts)
-    s3 = attempt("S3Gen alone", render_rows, tts, top, args.chunk_size, args.first_chunk, args.first_ref_s, device)
+    s3_streams = args.s3gen_streams or top
+    s3 = attempt("S3Gen alone", render_rows, tts, s3_streams, args.chunk_size, args.first_chunk, args.first_ref_s,
+                 device)
     if s3:
         print()
         print(f"S3Gen alone (tts/render.py), ms per call: prompt {tts.conds.gen['prompt_token'].shape[1] / 25:.1f} s "
@@ -428,7 +432,8 @@ def main() -> int:
             print(f"  {name:<40} {seconds:>9.2e}" if "diff" in name else f"  {name:<40} {seconds * 1000:>9.1f}")
         print(f"  short prompt / whole: first chunk {s3['first chunk, short prompt'] / s3['first chunk, whole prompt']:.2f}"
               f", small first chunk {s3['small first chunk, short prompt'] / s3['small first chunk, whole prompt']:.2f}")
-        print(f"  {top} streams batched vs one by one: {s3['steady chunk, one by one'] / s3['steady chunk, batched']:.2f}x",
+        print(f"  {s3_streams} streams batched vs one by one: "
+              f"{s3['steady chunk, one by one'] / s3['steady chunk, batched']:.2f}x",
               flush=True)
     t3 = attempt("T3 alone", t3_tokens_per_s, tts, top, args.t3_steps, params)
 
