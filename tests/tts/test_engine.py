@@ -291,3 +291,32 @@ def test_default_capacity_per_device(chatterbox, tiny_checkpoint: Path, voices_d
         assert engine.max_streams == DEFAULT_MAX_STREAMS["cpu"]
     finally:
         engine.close()
+
+
+async def test_preparing_an_uploaded_voice_does_not_stop_other_streams(
+        engine: TTSEngine, alice_wav: Path, voices_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """add_voice computes the conditionals on its caller's thread: while it is held inside the
+    preparation, another conversation's stream is spoken to its end."""
+    import threading
+
+    inside, release = threading.Event(), threading.Event()
+    real = engine._prepare_voice
+
+    def held(voice: str):
+        inside.set()
+        release.wait(timeout=120)
+        return real(voice)
+
+    monkeypatch.setattr(engine, "_prepare_voice", held)
+    upload = asyncio.create_task(asyncio.to_thread(engine.add_voice, "erin", alice_wav.read_bytes()))
+    try:
+        await asyncio.to_thread(inside.wait, 120)
+        assert len(await collect(engine.stream(TEXT, TTSParams(seed=1)))) > 0
+        assert not upload.done(), "the preparation was still held while the other stream spoke"
+        release.set()
+        assert await upload == "erin"
+        assert len(await collect(engine.stream(TEXT, TTSParams(voice="erin", seed=1)))) > 0
+    finally:
+        release.set()
+        await asyncio.gather(upload, return_exceptions=True)
+        (voices_dir / "erin.wav").unlink(missing_ok=True)

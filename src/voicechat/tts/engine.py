@@ -357,6 +357,7 @@ class TTSEngine:
         self._closing = False
         self._voice_conds: dict[str, Conditionals] = {}
         self._conds_cache: OrderedDict[tuple[str, float], Conditionals] = OrderedDict()
+        self._voice_lock = threading.Lock()
         if self._default_voice_file is None:
             if tts.conds is None:
                 raise TTSError("the checkpoint has no built-in voice (conds.pt): set VOICECHAT_VOICE to a reference WAV")
@@ -426,8 +427,10 @@ class TTSEngine:
     def add_voice(self, name: str, wav: bytes | Path) -> str:
         """Validate a reference recording, save it as ``voices_dir/NAME.wav`` and compute its conditionals.
 
-        Blocking (the conditionals are computed on the owner thread): call it from a worker thread,
-        e.g. ``await asyncio.to_thread(engine.add_voice, name, data)``. Returns the voice name.
+        Blocking: call it from a worker thread, e.g. ``await asyncio.to_thread(engine.add_voice, name,
+        data)``. The conditionals are computed on the calling thread (S3Gen's speech tokenizer and speaker
+        encoder and the voice encoder: modules the decode loop never runs), so other conversations keep
+        speaking meanwhile; the owner thread only installs the result. Returns the voice name.
         """
         if not isinstance(name, str) or not _VOICE_NAME.fullmatch(name) or name == DEFAULT_VOICE:
             raise BadSettingError(
@@ -441,10 +444,11 @@ class TTSEngine:
         partial.replace(target)
         self._on_owner(lambda: self._forget_voice(name))
         try:
-            self._on_owner(lambda: self._conditionals(name, 0.5))
+            conds = self._prepare_voice(name)
         except TTSError:
             target.unlink(missing_ok=True)
             raise
+        self._on_owner(lambda: self._voice_conds.__setitem__(name, conds))
         return name
 
     def stream(self, text: str, params: TTSParams) -> TTSStream:
@@ -743,7 +747,8 @@ class TTSEngine:
         started = time.perf_counter()
         scratch = copy.copy(self._tts)
         try:
-            scratch.prepare_conditionals(str(path), exaggeration=0.5)
+            with self._voice_lock, torch.inference_mode():  # one preparation at a time, on any thread
+                scratch.prepare_conditionals(str(path), exaggeration=0.5)
         except Exception as error:
             raise VoiceError(f"could not compute the voice {voice!r} from {path.name}: {error}") from error
         logger.info("voice %r prepared in %.2f s", voice, time.perf_counter() - started)
