@@ -92,7 +92,8 @@ async def run_ours(engine, text: str, params) -> tuple[float, float, float, floa
         if not samples:
             received = time.perf_counter()
         samples += len(chunk)
-    own = (_marks["call"] - started) + (received - _marks["yield"])
+    # The batched engine no longer calls generate_stream: its own share cannot be told apart (nan).
+    own = (_marks["call"] - started) + (received - _marks["yield"]) if _marks else float("nan")
     return stream.first_chunk_s or float("nan"), time.perf_counter() - started, samples / 24000, own
 
 

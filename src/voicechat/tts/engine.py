@@ -600,8 +600,10 @@ class TTSEngine:
         return ready
 
     def _decoding_jobs(self) -> list[Job]:
+        """Jobs holding a decoder slot, cancelled ones included (their slot is freed at the next turn)."""
         with self._lock:
-            return [job for job in self._jobs if job.segment is not None and job.segment.decoding is not None]
+            return [job for job in self._jobs + self._dropped
+                    if job.segment is not None and job.segment.decoding is not None]
 
     def _start_segment(self, job: Job) -> None:
         """Prefill ``job``'s next segment into a free slot; a failure ends that job only."""
