@@ -10,7 +10,7 @@ import asyncio
 import logging
 import time
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from fastapi import FastAPI, Request, WebSocket
@@ -24,6 +24,8 @@ from voicechat import protocol as p
 from voicechat.access import AccessMiddleware, AccessPolicy, hide_tokens_in_logs, resolve_token
 from voicechat.commands.download_models import CHATTERBOX_REPO
 from voicechat.config import Settings
+from voicechat.guard import SessionGuard
+from voicechat.guarded_socket import GuardedSocket, LimitedLLM
 from voicechat.llm import LLM, LLMError, create_llm
 from voicechat.llm.local import LocalLLM
 from voicechat.loading import LoadProgress, hub_cache_folder, report_until_ready, whisper_repo
@@ -111,6 +113,18 @@ async def load_services(state: AppState) -> None:
         if state.services is None and llm is not None:
             await llm.aclose()  # a failed or cancelled start leaves no model thread behind
         state.ready.set()
+
+
+async def converse(websocket: WebSocket, services: Services) -> None:
+    """One conversation, inside its limits: a guarded socket, a rate-limited LLM, a watchdog beside it."""
+    guard = SessionGuard(services.settings)
+    socket = GuardedSocket(websocket, guard, services.settings.send_timeout_s)
+    watchdog = asyncio.create_task(socket.watch(), name="conversation-watchdog")
+    try:
+        await Session(socket, replace(services, llm=LimitedLLM(services.llm, guard))).run()  # type: ignore[arg-type]
+    finally:
+        watchdog.cancel()
+        await asyncio.gather(watchdog, return_exceptions=True)
 
 
 def create_app(settings: Settings) -> FastAPI:
@@ -205,7 +219,7 @@ def create_app(settings: Settings) -> FastAPI:
                 )
                 await websocket.close(p.CLOSE_INTERNAL)
                 return
-            await Session(websocket, state.services).run()
+            await converse(websocket, state.services)
         except WebSocketDisconnect as gone:  # an ordinary end: the client left while we were sending
             log.info("conversation ended: the client left (close code %s)", gone.code)
         except Exception:  # noqa: BLE001 - one conversation's failure must not reach the server

@@ -15,7 +15,16 @@ from dataclasses import dataclass
 from typing import Annotated, Any, Literal, Union
 
 import numpy as np
-from pydantic import AliasChoices, BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+from pydantic import (
+    AliasChoices,
+    BaseModel,
+    ConfigDict,
+    Field,
+    TypeAdapter,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from voicechat.audio import SPEECH_SAMPLE_RATE, AudioFormatError, pcm16_bytes_to_int16, resample
 
@@ -57,8 +66,17 @@ class ProtocolError(Exception):
 # --- Client -> server ---------------------------------------------------------------------------
 
 
+def _no_booleans(data: Any) -> Any:
+    """No client field is a boolean: ``true`` is not the number 1 (pydantic's lax mode would take it)."""
+    if isinstance(data, dict) and any(isinstance(value, bool) for value in data.values()):
+        raise ValueError("true and false are not numbers or text here")
+    return data
+
+
 class _Message(BaseModel):
     model_config = ConfigDict(extra="ignore", frozen=True)
+
+    _refuse_booleans = model_validator(mode="before")(_no_booleans)
 
 
 class Hello(_Message):
@@ -100,6 +118,7 @@ class SettingsPatch(BaseModel):
     """The per-conversation settings a client may change; ranges match voicechat.config.Settings."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
+    _refuse_booleans = model_validator(mode="before")(_no_booleans)
     speed: int | None = Field(None, ge=0, le=100)
     voice: str | None = Field(None, pattern=f"^{VOICE_NAME.pattern}$")
     exaggeration: float | None = Field(None, ge=0.25, le=2.0)
@@ -115,6 +134,13 @@ class SetSettings(_Message):
 class TextMessage(_Message):
     type: Literal["text_message"]
     content: str = Field(min_length=1, max_length=4000)
+
+    @field_validator("content")
+    @classmethod
+    def _has_words(cls, content: str) -> str:
+        if not content.strip():
+            raise ValueError("a typed message needs some words, not only spaces")
+        return content
 
 
 class Interrupt(_Message):
@@ -138,7 +164,7 @@ def parse_client_message(text: str) -> ClientMessage:
         raise ProtocolError("bad_message", f"text messages are limited to {MAX_TEXT_MESSAGE_BYTES} bytes")
     try:
         data = json.loads(text)
-    except (json.JSONDecodeError, RecursionError) as error:
+    except (ValueError, RecursionError) as error:  # ValueError: also an integer of thousands of digits
         raise ProtocolError("bad_json", f"not valid JSON: {error}") from None
     if not isinstance(data, dict):
         raise ProtocolError("bad_message", "a message must be a JSON object with a 'type'")
