@@ -103,7 +103,7 @@ async def test_ten_conversations_for_minutes(tiny_checkpoint, whisper_tiny_dir) 
     speech = []
     for question in QUESTIONS:
         pcm, rate = read_pcm16(espeak_wav(question))
-        speech.append(np.concatenate([silence(0.3), pcm, silence(1.5)]))
+        speech.append(np.concatenate([silence(0.3), pcm, silence(2.5)]))
     with FakeLLM(Script(reply=REPLY, token_delay=0.01)) as fake, running_server(
         checkpoint=tiny_checkpoint,
         stt_model=whisper_tiny_dir,

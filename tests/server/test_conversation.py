@@ -59,7 +59,7 @@ def default_script(fake_llm):
     fake_llm.set_scripts(Script(reply=SHORT_REPLY, token_delay=0.01))
 
 
-def speech(text: str, *, before: float = 0.3, after: float = 1.5) -> np.ndarray:
+def speech(text: str, *, before: float = 0.3, after: float = 2.5) -> np.ndarray:
     pcm, rate = read_pcm16(espeak_wav(text))
     assert rate == 16000
     return np.concatenate([silence(before), pcm, silence(after)])
@@ -161,7 +161,7 @@ async def test_own_echo_does_not_interrupt(server, fake_llm) -> None:
                 break
             else:
                 await client.wait_until(lambda: len(client.turn_audio(turn_id)) > sent or client.of_type("tts_end"))
-        await client.send_audio(silence(1.5))
+        await client.send_audio(silence(2.5))
         final = await client.wait_for("final_assistant_answer", timeout=30)
         assert not final["interrupted"]
         assert not client.of_type("tts_interruption") and not client.of_type("stop_tts")

@@ -43,7 +43,7 @@ async def test_typed_then_spoken_turn(server) -> None:
 
         pcm, rate = read_pcm16(espeak_wav("Tell me about the moon."))
         assert rate == 16000
-        await client.send_audio(np.concatenate([silence(0.3), pcm, silence(1.5)]))
+        await client.send_audio(np.concatenate([silence(0.3), pcm, silence(2.5)]))
         heard = await client.wait_for("final_user_request", timeout=60)
         spoken = await client.wait_for("final_assistant_answer", timeout=120, where=lambda m: m["turn_id"] == heard["turn_id"])
         # The tiny model answers about the moon if Whisper heard the word, else with its default sentence.
