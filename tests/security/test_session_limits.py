@@ -1,4 +1,4 @@
-"""Conversation limits, overload, faults and resume on the real server (`voicechat serve`, tiny models,
+"""Conversation limits and faults on the real server (`voicechat serve`, tiny models,
 loopback LLM), driven by real WebSocket clients.
 
 One table of bad cases: each gets its typed error or close code, the server stays up, and a
@@ -12,18 +12,15 @@ import asyncio
 import base64
 import json
 import os
-import socket
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
-import numpy as np
 import pytest
-import websockets
 from fake_llm import FakeLLM, Script
 from server_process import running_server
-from speech import espeak_wav, read_pcm16, silence
+from speech import silence
 
 from voicechat.client import VoiceChatClient
 from voicechat.protocol import FRAME_HEADER
@@ -38,7 +35,6 @@ ENV = {
     "VOICECHAT_IDLE_TIMEOUT_S": "4",
     "VOICECHAT_LLM_REQUESTS_PER_MINUTE": "3",
     "VOICECHAT_SEND_TIMEOUT_S": "3",
-    "VOICECHAT_RESUME_GRACE_S": "60",
     "VOICECHAT_MAX_SESSIONS": "8",
     "VOICECHAT_LLM_MAX_REPLY_CHARS": "60000",  # the endless reply's partial answers fill any buffer
 }
@@ -59,11 +55,6 @@ def server(fake_llm, tiny_checkpoint, whisper_tiny_dir):
 @pytest.fixture(autouse=True)
 def default_script(fake_llm):
     fake_llm.set_scripts(Script(reply=REPLY, token_delay=0.01))
-
-
-def speech(text: str, *, after: float = 1.5) -> np.ndarray:
-    pcm, _ = read_pcm16(espeak_wav(text))
-    return np.concatenate([silence(0.3), pcm, silence(after)])
 
 
 async def closed(client: VoiceChatClient, timeout: float = 60) -> int | None:
@@ -131,32 +122,6 @@ async def too_many_questions(server, fake) -> tuple[str, int | None]:
         await client.close()
 
 
-async def invented_turn_ids(server, fake) -> tuple[str, int | None]:
-    """Playback reports for 20 000 turn ids that never existed: nothing is kept, nothing breaks."""
-    client = await hello(server.ws_url)
-    try:
-        for turn_id in range(20000):
-            await client.send({"type": "playback", "turn_id": turn_id, "played_samples": 1})
-        await client.send({"type": "text_message", "content": "still there?"})
-        answer = await client.wait_for("final_assistant_answer", timeout=120)
-        return "answered" if answer["content"] == REPLY else answer["content"], client.closed_code
-    finally:
-        await client.close()
-
-
-async def faster_than_the_listener(server, fake) -> tuple[str, int | None]:
-    """Eight seconds of audio at once (within the burst allowance): the backlog is the server's."""
-    client = await hello(server.ws_url)
-    try:
-        await client.send_audio(np.concatenate([speech("What is the capital of France?"), silence(5.0)]), realtime=False)
-        final = await client.wait_for("final_user_request", timeout=120)
-        told = [m["code"] for m in client.of_type("error")]
-        heard = "france" in final["content"].lower()
-        return ("heard, told busy" if heard and told == ["server_busy"] else f"{final['content']!r} {told}"), client.closed_code
-    finally:
-        await client.close()
-
-
 def masked_frame(opcode: int, payload: bytes) -> bytes:
     """One client WebSocket frame (RFC 6455: clients mask), written by hand for a client that never reads."""
     mask = os.urandom(4)
@@ -197,45 +162,6 @@ async def stops_reading(server, fake) -> dict[str, float]:
         await asyncio.gather(talking, return_exceptions=True)
         writer.transport.abort()
     return gauges
-
-
-async def resumes(server, fake) -> tuple[str, int | None]:
-    first = await hello(server.ws_url)
-    await first.send({"type": "text_message", "content": "Remember the word banana."})
-    await first.wait_for("tts_end", timeout=120)
-    await first.report_played(first.of_type("final_assistant_answer")[-1]["turn_id"])
-    await first.send({"type": "set_settings", "settings": {"exaggeration": 0.9}})
-    await first.wait_for("settings")
-    token = first.hello["resume_token"]
-    first._ws.transport.abort()  # a dropped network, not a goodbye
-    await first.close()
-
-    second = VoiceChatClient(server.ws_url)
-    await second.connect(send_hello=False)
-    await second.send({"type": "hello", "protocol": 1, "sample_rate": 16000,
-                       "resume": {"session_id": first.hello["session_id"], "token": token}})  # fmt: skip
-    again = await second.wait_for("hello", timeout=60)
-    try:
-        await second.send({"type": "text_message", "content": "Which word?"})
-        await second.wait_for("final_assistant_answer", timeout=120)
-        sent = fake.chat_requests()[-1].body["messages"]
-        kept = any("banana" in m["content"] for m in sent if m["role"] == "user")
-        ok = again["resumed"] and again["settings"]["exaggeration"] == 0.9 and kept and again["history"]
-        return ("resumed" if ok else f"{again} {sent}"), second.closed_code
-    finally:
-        await second.close()
-
-
-async def bad_resume_token(server, fake) -> tuple[str, int | None]:
-    client = VoiceChatClient(server.ws_url)
-    await client.connect(send_hello=False)
-    try:
-        await client.send({"type": "hello", "protocol": 1, "resume": {"session_id": "nope", "token": "nope"}})
-        again = await client.wait_for("hello", timeout=60)
-        error = await client.wait_for("error", timeout=30)
-        return ("fresh" if not again["resumed"] else "resumed?!") + " " + error["code"], client.closed_code
-    finally:
-        await client.close()
 
 
 @dataclass
@@ -286,8 +212,9 @@ async def test_a_client_that_stops_reading_is_dropped_after_the_send_timeout(ser
 
 
 @pytest.mark.xfail(
-    reason="reply.py (being rewritten for the turn handle, issue 11) leaves voicechat_llm_streams_active at 1 "
-    "and logs a traceback when a send fails mid-reply: its finally skips the decrement on a second cancel",
+    reason="reply.py takes the WebSocketDisconnect of a send after the conversation ended for a reply failure: "
+    "it logs 'reply failed' with a traceback, then builds p.Error(code=<the close code, an int>), which fails "
+    "validation (a second traceback); a gauge can stay up. Fix in reply.py: a disconnect ends the reply quietly",
     strict=False,
 )
 async def test_stopped_reader_leaves_every_gauge_at_zero_and_no_traceback(server, fake_llm) -> None:
