@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
+from starlette.websockets import WebSocketDisconnect
 
 from voicechat import protocol as p
 from voicechat.llm import LLM, LLMError
@@ -205,7 +206,9 @@ class Reply:
             await self._out.on_state(self)
         except asyncio.CancelledError:
             raise
-        except Exception:  # noqa: BLE001 - sending failed: the client is gone and the session is ending
+        except WebSocketDisconnect:  # a send found the client gone: the session is ending, nothing to tell
+            log.info("reply %s: the client left", self.turn_id)
+        except Exception:  # noqa: BLE001 - never into the event loop
             log.exception("reply %s could not be sent", self.turn_id)
 
     async def _generate(self) -> None:
@@ -215,7 +218,7 @@ class Reply:
             try:
                 await self._speak()
                 await pump
-            except asyncio.CancelledError:
+            except (asyncio.CancelledError, WebSocketDisconnect):
                 raise
             except Exception as error:  # noqa: BLE001 - a reply must never take the session down
                 log.exception("reply %s failed", self.turn_id)
@@ -296,6 +299,7 @@ class Reply:
 
     async def _report(self, error: Exception) -> None:
         if self.confirmed:
-            await self._out.send(p.Error(code=getattr(error, "code", "internal"), message=str(error)))
+            code = getattr(error, "code", None)  # LLM and TTS errors carry a protocol code
+            await self._out.send(p.Error(code=code if isinstance(code, str) else "internal", message=str(error)))
         else:
             self._held_errors.append(error)

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 from fake_llm import FakeLLM
-from starlette.websockets import WebSocketState
+from starlette.websockets import WebSocketDisconnect, WebSocketState
 
 from voicechat import protocol as p
 from voicechat.config import Settings
@@ -81,6 +81,7 @@ class FakeSocket:
         self.messages: list[dict[str, Any]] = []
         self.audio: dict[int, list[np.ndarray]] = {}
         self.closed_code: int | None = None
+        self.gone = False  # sends raise WebSocketDisconnect, as GuardedSocket's do once the client stopped reading
         self.changes = Changes()
         self._incoming: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
 
@@ -93,6 +94,8 @@ class FakeSocket:
         self.changes.notify()
 
     async def send_bytes(self, data: bytes) -> None:
+        if self.gone:
+            raise WebSocketDisconnect(1008)
         turn_id, seq, pcm = p.decode_downlink_frame(data)
         assert seq == len(self.audio.get(turn_id, [])), "chunks of a turn go out in order"
         self.audio.setdefault(turn_id, []).append(pcm)
@@ -172,6 +175,7 @@ class FakeStream:
         if self._open:
             self._open = False
             self._tts.open_streams -= 1
+            self._tts.changes.notify()
 
 
 class FakeTTS:

@@ -367,3 +367,15 @@ async def test_the_heard_text_is_a_prefix_of_the_reply_as_shown(llm_server: Fake
         final = await barge_in(conv, turn)
         assert final["content"] == "**Paris** is the capital of France.\n\nIt has"  # the page dims the rest
         assert shown.startswith(final["content"])
+
+
+async def test_a_send_that_finds_the_client_gone_ends_the_reply_quietly(llm_server: FakeLLM, caplog) -> None:  # type: ignore[no-untyped-def]
+    async with conversation(llm_server) as conv:
+        conv.tts.hold()
+        turn = await conv.type("Tell me about Paris")
+        conv.tts.release(2)
+        await conv.samples(turn, 2 * CHUNK)
+        conv.ws.gone = True  # the next audio frame's send fails, as a stopped reader's would
+        conv.tts.release()
+        await conv.tts.changes.until(lambda: conv.tts.open_streams == 0)
+    assert not [r for r in caplog.records if r.levelname == "ERROR"]  # no traceback; conversation() checks the gauges
