@@ -393,10 +393,11 @@ def encode_legacy_audio(pcm: np.ndarray) -> str:
     return json.dumps({"type": "tts_chunk", "content": content})
 
 
-class LegacyQueue(_Message):
+class LegacyQueue(BaseModel):  # built by the server from a legacy message, so not a _Message (no booleans)
     """A legacy client's tts_start / tts_stop: its playback queue started or ran dry. It carries no turn
     id and comes several times per reply whenever the queue empties between chunks: not a turn's end."""
 
+    model_config = ConfigDict(frozen=True)
     type: Literal["legacy_queue"] = "legacy_queue"
     playing: bool
 
