@@ -299,6 +299,8 @@ class Reply:
 
     async def _report(self, error: Exception) -> None:
         if self.confirmed:
+            # The details belong in the server log; the page shows its own plain words for the code.
+            log.warning("reply %s: %s: %s", self.turn_id, type(error).__name__, error)
             code = getattr(error, "code", None)  # LLM and TTS errors carry a protocol code
             await self._out.send(p.Error(code=code if isinstance(code, str) else "internal", message=str(error)))
         else:

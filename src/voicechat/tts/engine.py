@@ -40,7 +40,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
+from voicechat.audio import SPEECH_SAMPLE_RATE as SAMPLE_RATE
 from voicechat.audio import AudioFormatError, float32_to_int16, read_audio, write_wav
+from voicechat.protocol import is_voice_name
 from voicechat.tts.scheduler import Job, next_job
 from voicechat.tts.segmenter import Segmenter
 
@@ -52,7 +54,6 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-SAMPLE_RATE = 24_000
 MAX_TEXT_CHARS = 5_000  # about five minutes of speech in one request
 MAX_SEGMENT_CHARS = 300  # about 20 s of speech: far below T3's 1000-token (40 s) cap per segment
 VOICE_MIN_S, VOICE_MAX_S = 1.0, 60.0
@@ -62,7 +63,6 @@ DEFAULT_VOICE = "default"
 # GPU, an estimate until measured (benchmarks/gpu_check.sh). CPU/MPS: no real-time claim (full size on a
 # 2-core CPU is 13 s per 1 s chunk for one stream): a bound on memory and on the batch.
 DEFAULT_MAX_STREAMS = {"cuda": 8, "mps": 4, "cpu": 16}
-_VOICE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
 
 
 class TTSError(Exception):
@@ -128,7 +128,7 @@ class TTSParams:
 
     def validate(self) -> None:
         """Raise BadSettingError naming the first parameter that is out of range."""
-        if not isinstance(self.voice, str) or not (self.voice == DEFAULT_VOICE or _VOICE_NAME.fullmatch(self.voice)):
+        if not isinstance(self.voice, str) or not (self.voice == DEFAULT_VOICE or is_voice_name(self.voice)):
             raise BadSettingError(f"voice must be a voice name (letters, digits, _ and -), got {self.voice!r}")
         for item in fields(self):
             if item.name in ("voice", "seed"):
@@ -421,7 +421,7 @@ class TTSEngine:
         """``default`` and the stems of the ``*.wav`` files in the voices directory."""
         names = {DEFAULT_VOICE}
         if self._voices_dir.is_dir():
-            names.update(path.stem for path in self._voices_dir.glob("*.wav") if _VOICE_NAME.fullmatch(path.stem))
+            names.update(path.stem for path in self._voices_dir.glob("*.wav") if is_voice_name(path.stem))
         return [DEFAULT_VOICE, *sorted(names - {DEFAULT_VOICE})]
 
     def add_voice(self, name: str, wav: bytes | Path) -> str:
@@ -432,7 +432,7 @@ class TTSEngine:
         encoder and the voice encoder: modules the decode loop never runs), so other conversations keep
         speaking meanwhile; the owner thread only installs the result. Returns the voice name.
         """
-        if not isinstance(name, str) or not _VOICE_NAME.fullmatch(name) or name == DEFAULT_VOICE:
+        if not is_voice_name(name) or name == DEFAULT_VOICE:
             raise BadSettingError(
                 f"a voice name must be 1-64 letters, digits, _ or - (and not {DEFAULT_VOICE!r}), got {name!r}"
             )

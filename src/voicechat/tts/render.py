@@ -58,12 +58,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from voicechat.audio import SPEECH_SAMPLE_RATE as SAMPLE_RATE
+
 if TYPE_CHECKING:
     from chatterbox.tts import ChatterboxTTS
 
 logger = logging.getLogger(__name__)
 
-SAMPLE_RATE = 24_000
 TOKEN_FRAMES = 2  # mel frames per speech token (25 tokens/s, 50 frames/s)
 FRAME_SAMPLES = 480  # vocoder samples per mel frame
 LOOKAHEAD_TOKENS = 3  # the encoder's pre-lookahead convolution reads 3 tokens ahead
