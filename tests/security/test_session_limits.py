@@ -211,12 +211,6 @@ async def test_a_client_that_stops_reading_is_dropped_after_the_send_timeout(ser
     assert server.metric("voicechat_sessions_active") == 0  # the slot is free again
 
 
-@pytest.mark.xfail(
-    reason="reply.py takes the WebSocketDisconnect of a send after the conversation ended for a reply failure: "
-    "it logs 'reply failed' with a traceback, then builds p.Error(code=<the close code, an int>), which fails "
-    "validation (a second traceback); a gauge can stay up. Fix in reply.py: a disconnect ends the reply quietly",
-    strict=False,
-)
 async def test_stopped_reader_leaves_every_gauge_at_zero_and_no_traceback(server, fake_llm) -> None:
     gauges = await stops_reading(server, fake_llm)
     assert gauges == dict.fromkeys(GAUGES, 0.0)
