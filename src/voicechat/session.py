@@ -148,8 +148,11 @@ class Session:
     async def send(self, message: p.ServerMessage) -> None:
         if isinstance(message, p.Error):
             now = self.clock.now()
-            if not message.fatal and now - self._last_error_at.get(message.code, -1e9) < ERROR_REPEAT_S:
-                return  # a flood of the same mistake gets one answer every few seconds
+            # A flood of the same client mistake gets one answer every few seconds; a reply's own LLM or
+            # TTS failure is always told, since each failed turn needs its answer (and its Retry).
+            turn_failure = message.code.startswith(("llm_", "tts_"))
+            if not message.fatal and not turn_failure and now - self._last_error_at.get(message.code, -1e9) < ERROR_REPEAT_S:
+                return
             self._last_error_at[message.code] = now
             self.services.metrics.errors.labels(message.code).inc()
         await self._send(p.encode(message))

@@ -222,7 +222,9 @@ function showServerError(msg) {
     }
   }
   transcript.pruneWaiting();
-  transcript.note(text, "error");
+  // A reply that failed before its first word has no bubble: the note offers Retry of the newest words.
+  const newest = kind === "turn" ? [...page.userText.values()].pop() : undefined;
+  transcript.note(text, "error", newest ? () => retry(newest) : null);
   announce(text);
 }
 
