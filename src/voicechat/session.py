@@ -147,15 +147,17 @@ class Session:
 
     async def send(self, message: p.ServerMessage) -> None:
         if isinstance(message, p.Error):
-            now = self.clock.now()
-            # A flood of the same client mistake gets one answer every few seconds; a reply's own LLM or
-            # TTS failure is always told, since each failed turn needs its answer (and its Retry).
-            turn_failure = message.code.startswith(("llm_", "tts_"))
-            if not message.fatal and not turn_failure and now - self._last_error_at.get(message.code, -1e9) < ERROR_REPEAT_S:
-                return
-            self._last_error_at[message.code] = now
             self.services.metrics.errors.labels(message.code).inc()
         await self._send(p.encode(message))
+
+    async def _tell_mistake(self, code: str, message: str) -> None:
+        """A problem with what the client sent: a flood of the same one gets one answer every few
+        seconds. (A reply's own failure goes through send: each failed turn needs its answer.)"""
+        now = self.clock.now()
+        if now - self._last_error_at.get(code, -1e9) < ERROR_REPEAT_S:
+            return
+        self._last_error_at[code] = now
+        await self.send(p.Error(code=code, message=message))
 
     async def _send_audio(self, turn_id: int, seq: int, pcm: np.ndarray) -> None:
         await self._send(p.encode_audio_frame(turn_id, seq, pcm))
@@ -222,7 +224,7 @@ class Session:
                     await self.send(p.Error(code=error.code, message="too many malformed messages; closing", fatal=True))
                     await self.ws.close(p.CLOSE_POLICY)
                     return
-                await self.send(p.Error(code=error.code, message=error.message))
+                await self._tell_mistake(error.code, error.message)
 
     # --- audio in --------------------------------------------------------------------------------
 
@@ -234,14 +236,14 @@ class Session:
             try:
                 events = await self.listener.feed(frame.pcm)
             except ValueError as error:
-                await self.send(p.Error(code="bad_audio_header", message=str(error)))
+                await self._tell_mistake("bad_audio_header", str(error))
                 continue
             for event in events:
                 try:
                     await self._on_speech(event)
                 except Exception:  # noqa: BLE001 - one bad event must not end the conversation
                     log.exception("session %s: speech event %s failed", self.id, event.type)
-                    await self.send(p.Error(code="internal", message="the server failed to handle your speech"))
+                    await self._tell_mistake("internal", "the server failed to handle your speech")
 
     # --- speech events ---------------------------------------------------------------------------
 
