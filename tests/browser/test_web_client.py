@@ -164,6 +164,28 @@ def reply_parts(page, turn: int) -> tuple[str, str]:
     )
 
 
+def test_a_reply_arriving_while_the_audio_worklet_loads_is_played_whole(open_page):
+    """The first key press creates the AudioContext; its worklet modules load asynchronously (slowly in
+    some engines). Audio that arrives meanwhile is kept for the worklet, not dropped."""
+    page = open_page()
+    # Hold the worklet modules back until the whole reply has arrived.
+    page.evaluate(
+        """() => {
+          const load = AudioWorklet.prototype.addModule;
+          const gate = new Promise((open) => (window.openWorkletGate = open));
+          AudioWorklet.prototype.addModule = function (...args) { return gate.then(() => load.apply(this, args)); };
+        }"""
+    )
+    page.fill("#text", "Hello, how are you?")
+    page.press("#text", "Enter")
+    end = page.wait_received("tts_end", timeout_s=40)
+    assert page.stats().get("samplesReceived") is None  # no worklet yet
+    page.evaluate("window.openWorkletGate()")
+    stats = page.wait_stats("s.turnsCompleted >= 1", timeout_s=40)
+    assert stats["samplesReceived"] == stats["samplesPlayed"] == end["samples"] > 0
+    assert page.console_errors == []
+
+
 def test_stop_keeps_the_heard_words_and_dims_the_rest(open_page, fake_llm):
     fake_llm.set_scripts(Script(reply=LONG_REPLY, token_delay=0.01))
     page = open_page()

@@ -25,6 +25,7 @@ export class AudioEngine extends EventTarget {
     this.context = null;
     this.ready = null; // promise: worklet modules loaded
     this.playback = null;
+    this.playbackBacklog = []; // playback commands sent while the worklet modules still load
     this.outputRate = DEFAULT_OUTPUT_RATE;
     this.capture = null;
     this.stream = null;
@@ -58,6 +59,7 @@ export class AudioEngine extends EventTarget {
         this.context.audioWorklet.addModule(new URL("./capture-worklet.js", import.meta.url)),
         this.context.audioWorklet.addModule(new URL("./playback-worklet.js", import.meta.url)),
       ]).then(() => this.createPlayback());
+      this.ready.catch(() => (this.playbackBacklog = null)); // no worklet will come: keep nothing
     }
     if (this.context.state !== "running") this.context.resume().catch(() => {});
     return this.ready;
@@ -91,6 +93,16 @@ export class AudioEngine extends EventTarget {
     this.analyser ??= Object.assign(this.context.createAnalyser(), { fftSize: 512 });
     node.connect(this.analyser);
     this.playback = node;
+    for (const [message, transfer] of this.playbackBacklog.splice(0)) node.port.postMessage(message, transfer);
+  }
+
+  /**
+   * Send a command to the playback worklet. Between unlock() and the worklet modules loading (a few
+   * hundred ms in some engines) the first reply's audio already arrives: keep it, in order, not drop it.
+   */
+  toPlayback(message, transfer = []) {
+    if (this.playback) this.playback.port.postMessage(message, transfer);
+    else if (this.context && this.playbackBacklog) this.playbackBacklog.push([message, transfer]);
   }
 
   /** RMS of the assistant's audio leaving for the speaker right now (0 when silent). */
@@ -200,23 +212,23 @@ export class AudioEngine extends EventTarget {
 
   // --- playback commands (no-ops until the context exists) -------------------------------------
   chunk(turnId, seq, pcm) {
-    this.playback?.port.postMessage({ type: "chunk", turnId, seq, pcm }, [pcm.buffer]);
+    this.toPlayback({ type: "chunk", turnId, seq, pcm }, [pcm.buffer]);
   }
 
   endTurn(turnId) {
-    this.playback?.port.postMessage({ type: "end", turnId });
+    this.toPlayback({ type: "end", turnId });
   }
 
   stopTurn(turnId) {
-    this.playback?.port.postMessage({ type: "stop", turnId });
+    this.toPlayback({ type: "stop", turnId });
   }
 
   stopAll() {
-    this.playback?.port.postMessage({ type: "stopAll" });
+    this.toPlayback({ type: "stopAll" });
   }
 
   resetPlayback() {
-    this.playback?.port.postMessage({ type: "reset" });
+    this.toPlayback({ type: "reset" });
   }
 
   stats() {
