@@ -8,19 +8,33 @@ one gain and phase per band, the played reference at some delay. :class:`EchoRef
 delay at which the reference explains the most of the microphone's energy (a least-squares fit per
 band of a short-time Fourier transform): near all of it for echo, little of it when a person speaks,
 also over the echo, since their voice is not in the reference.
+
+:class:`EchoGate` uses it on the live microphone stream, before the VAD: a stretch the played audio
+explains is replaced by silence, so the assistant's own voice never starts a user turn, never becomes
+words and never interrupts the reply, while a user speaking over it passes (their voice is the part
+the reference cannot explain).
 """
 
 from __future__ import annotations
 
+import threading
+import time
 from collections import deque
+from collections.abc import Callable
 
 import numpy as np
+
+from voicechat.audio import StreamResampler
 
 RATE = 16000
 _FRAME = 512  # 32 ms analysis frames
 _HOP = 256
-_DELAY_STEP = 80  # 5 ms between the delays tried
+_DELAY_STEP = 64  # 4 ms between the delays tried
 ECHO_SHARE = 0.75  # share of the microphone's energy the reference must explain to call it echo
+GATE_WINDOW = 4096  # 256 ms of microphone audio per gate decision
+GATE_EVERY = 512  # a new decision every 32 ms of audio (one VAD frame)
+QUIET_RMS = 3e-4  # a window this quiet (about -70 dBFS) is left as it is: there is nothing to hear in it
+REPORT_AGE_S = 0.3  # a playback position is extrapolated at most this far past the client's last report
 
 
 def _stft(audio: np.ndarray) -> np.ndarray:
@@ -28,42 +42,134 @@ def _stft(audio: np.ndarray) -> np.ndarray:
     return np.fft.rfft(frames * np.hanning(_FRAME), axis=1)
 
 
-def explained_share(mic: np.ndarray, reference: np.ndarray) -> float:
-    """Share (0-1) of the energy of ``mic`` that a per-band linear filter of ``reference`` explains
-    (both float32, the same length, time-aligned)."""
-    m, r = _stft(mic), _stft(reference)
+def _share(m: np.ndarray, r: np.ndarray) -> float:
     cross = np.abs(np.sum(m * np.conj(r), axis=0)) ** 2
     power = np.sum(np.abs(r) ** 2, axis=0)
     explained = np.sum(cross / np.maximum(power, 1e-12))
     return float(min(1.0, explained / max(float(np.sum(np.abs(m) ** 2)), 1e-12)))
 
 
+def explained_share(mic: np.ndarray, reference: np.ndarray) -> float:
+    """Share (0-1) of the energy of ``mic`` that a per-band linear filter of ``reference`` explains
+    (both float32, the same length, time-aligned)."""
+    return _share(_stft(mic), _stft(reference))
+
+
 class EchoReference:
     """The assistant audio one conversation has sent, in play order, and how much of it has played.
 
-    ``sent`` appends audio as it goes to the client; ``played`` takes the client's playback report
-    (samples played in total, at 16 kHz); ``share_explained`` tells how much of a microphone window
-    ending now the played audio explains, over ``max_delay_s`` of possible delays.
+    ``sent`` appends a turn's audio as it goes to the client (at ``rate``; kept at 16 kHz); ``played``
+    takes the client's playback report for that turn (samples of the turn played, at ``rate``);
+    ``share_explained`` tells how much of a microphone window ending now the played audio explains,
+    over delays from ``lead_s`` before the reported position (reports are up to 250 ms old and the
+    position between them is estimated) to ``max_delay_s`` after it. Safe from any thread.
     """
 
-    def __init__(self, *, keep_s: float = 10.0, max_delay_s: float = 0.4) -> None:
+    def __init__(
+        self,
+        *,
+        rate: int = RATE,
+        keep_s: float = 10.0,
+        max_delay_s: float = 0.4,
+        lead_s: float = 0.1,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._rate = rate
+        self._lock = threading.Lock()
         self._chunks: deque[np.ndarray] = deque()
         self._kept = 0
         self._keep = round(keep_s * RATE)
         self._first = 0  # stream position (samples) of the first kept sample
-        self._played = 0
+        self._turn: int | None = None
+        self._turn_start = 0  # stream position where the current turn's audio begins
+        self._resampler = StreamResampler(rate, RATE)
+        self._played = 0  # stream position the client had played at its last report
+        self._reported_at: float | None = None
+        self._advancing = False  # the client was playing at its last report
+        self._clock = clock
         self._max_delay = round(max_delay_s * RATE)
+        self._lead = round(lead_s * RATE)
 
-    def sent(self, audio: np.ndarray) -> None:
-        self._chunks.append(np.asarray(audio, dtype=np.float32))
-        self._kept += len(self._chunks[-1])
+    # --- what was sent and played (the session, on the event loop) ---------------------------------
+
+    def sent(self, audio: np.ndarray, turn_id: int = 0) -> None:
+        """Audio of ``turn_id`` (float32 or int16 at ``rate``) as it goes to the client, in order."""
+        audio = np.asarray(audio)
+        samples = audio.astype(np.float32) / 32768 if audio.dtype == np.int16 else audio.astype(np.float32)
+        with self._lock:
+            if turn_id != self._turn:
+                self._turn, self._turn_start = turn_id, self._first + self._kept
+                self._resampler = StreamResampler(self._rate, RATE)
+            self._append(self._resampler.process(samples))
+
+    def played(self, samples: int, turn_id: int = 0, *, playing: bool = True) -> None:
+        """The client's report: ``samples`` (at ``rate``) of ``turn_id`` have played; ``playing`` False
+        when it has stopped or holds that turn. Reports about an earlier turn are ignored."""
+        with self._lock:
+            if turn_id != self._turn:
+                return
+            position = self._turn_start + round(int(samples) * RATE / self._rate)
+            self._played = max(self._played, min(position, self._first + self._kept))
+            self._reported_at = self._clock()
+            self._advancing = playing
+
+    def hold(self) -> None:
+        """The client was told to hold playback: the position stops where it is estimated to be now."""
+        with self._lock:
+            self._played = self._position()
+            self._advancing = False
+
+    def resume(self) -> None:
+        """The client was told to play on: the position moves on again from where it was held."""
+        with self._lock:
+            self._reported_at = self._clock()
+            self._advancing = self._turn is not None
+
+    # --- is it echo? -------------------------------------------------------------------------------
+
+    def share_explained(self, mic: np.ndarray, *, ago: int = 0) -> float:
+        """How much (0-1) of ``mic`` (float32, 16 kHz, ending ``ago`` samples before now) the played
+        assistant audio explains, at the best delay."""
+        mic = np.asarray(mic, dtype=np.float32)
+        with self._lock:
+            if len(mic) < _FRAME * 4 or self._reported_at is None:
+                return 0.0
+            end = self._position() - ago
+            span = self._span(end - len(mic) - self._max_delay, end + self._lead)
+        if float(np.mean(span**2)) < QUIET_RMS**2:
+            return 0.0  # nothing audible was played then
+        m = _stft(mic)
+        best = 0.0
+        # Delays a whole hop apart share one transform of the span; a shift within a frame is mostly
+        # a phase per band, which the per-band fit absorbs, so offsets a quarter hop apart suffice.
+        for offset in range(0, _HOP, _DELAY_STEP):
+            r = _stft(span[offset:])
+            for first in range(0, (len(span) - offset - len(mic)) // _HOP + 1):
+                best = max(best, _share(m, r[first : first + len(m)]))
+        return best
+
+    def is_echo(self, mic: np.ndarray) -> bool:
+        return self.share_explained(mic) >= ECHO_SHARE
+
+    # --- inside, under the lock --------------------------------------------------------------------
+
+    def _append(self, audio: np.ndarray) -> None:
+        if len(audio) == 0:
+            return
+        self._chunks.append(audio)
+        self._kept += len(audio)
         while self._chunks and self._kept - len(self._chunks[0]) >= self._keep:
             dropped = self._chunks.popleft()
             self._kept -= len(dropped)
             self._first += len(dropped)
 
-    def played(self, samples: int) -> None:
-        self._played = max(self._played, int(samples))
+    def _position(self) -> int:
+        """Where the client's playback is now: its last report, moved on in real time while it plays."""
+        position = self._played
+        if self._advancing and self._reported_at is not None:
+            age = min(max(0.0, self._clock() - self._reported_at), REPORT_AGE_S)
+            position = min(position + round(age * RATE), self._first + self._kept)
+        return position
 
     def _span(self, start: int, end: int) -> np.ndarray:
         """Reference samples [start, end) of the stream; silence where nothing was (or is kept)."""
@@ -74,18 +180,43 @@ class EchoReference:
             out[lo - start : hi - start] = audio[lo - self._first : hi - self._first]
         return out
 
-    def share_explained(self, mic: np.ndarray) -> float:
-        """How much (0-1) of ``mic`` (float32, 16 kHz, ending at the latest playback report) the played
-        assistant audio explains, at the best delay."""
-        mic = np.asarray(mic, dtype=np.float32)
-        if len(mic) < _FRAME * 4 or not self._played:
-            return 0.0
-        span = self._span(self._played - len(mic) - self._max_delay, self._played)
-        best = 0.0
-        for delay in range(0, self._max_delay + 1, _DELAY_STEP):
-            start = len(span) - len(mic) - delay
-            best = max(best, explained_share(mic, span[start : start + len(mic)]))
-        return best
 
-    def is_echo(self, mic: np.ndarray) -> bool:
-        return self.share_explained(mic) >= ECHO_SHARE
+class EchoGate:
+    """Silences the stretches of a live 16 kHz microphone stream that the played assistant audio explains.
+
+    Each decision looks at the last 256 ms of microphone audio and holds for the next 32 ms; audio
+    arriving in one larger piece is judged 32 ms at a time, each against the playback position it was
+    heard at. ``gated_s`` counts the seconds silenced. Runs on the Listener's worker thread.
+    """
+
+    def __init__(self, reference: EchoReference) -> None:
+        self._reference = reference
+        self._history = np.zeros(GATE_WINDOW, np.float32)  # before the stream: silence
+        self._since = GATE_EVERY  # samples since the last decision
+        self._echo = False
+        self.gated_s = 0.0
+
+    def process(self, audio: np.ndarray) -> np.ndarray:
+        audio = np.asarray(audio, dtype=np.float32)
+        if len(audio) == 0:
+            return audio
+        history = np.concatenate([self._history, audio])
+        out = audio.copy()
+        offset = len(history) - len(audio)  # where this piece starts in the history
+        for start in range(0, len(audio), GATE_EVERY):
+            stop = min(start + GATE_EVERY, len(audio))
+            if self._since >= GATE_EVERY or stop - start >= GATE_EVERY:
+                window = history[max(0, offset + stop - GATE_WINDOW) : offset + stop]
+                self._echo = self._judge(window, ago=len(audio) - stop)
+                self._since = 0
+            self._since += stop - start
+            if self._echo:
+                out[start:stop] = 0.0
+                self.gated_s += (stop - start) / RATE
+        self._history = history[-GATE_WINDOW:]
+        return out
+
+    def _judge(self, window: np.ndarray, *, ago: int) -> bool:
+        if float(np.sqrt(np.mean(window**2))) < QUIET_RMS:
+            return False
+        return self._reference.share_explained(window, ago=ago) >= ECHO_SHARE

@@ -304,6 +304,18 @@ class TtsInterruption(_TurnOut):
     type: Literal["tts_interruption"] = "tts_interruption"
 
 
+class TtsPause(_TurnOut):
+    """The user may be talking over the assistant: hold that turn's playback where it is (keep its audio)."""
+
+    type: Literal["tts_pause"] = "tts_pause"
+
+
+class TtsResume(_TurnOut):
+    """It was not an interruption (a cough, a backchannel): play that turn on from where it was held."""
+
+    type: Literal["tts_resume"] = "tts_resume"
+
+
 class TurnMetrics(_TurnOut):
     type: Literal["turn_metrics"] = "turn_metrics"
     endpointing_ms: float | None
@@ -331,7 +343,8 @@ class Error(_Out):
 
 ServerMessage = Union[
     ServerHello, Status, Loading, PartialUserRequest, FinalUserRequest, PartialAssistantAnswer,
-    FinalAssistantAnswer, TtsEnd, StopTts, TtsInterruption, TurnMetrics, SettingsChanged, HistoryCleared, Error,
+    FinalAssistantAnswer, TtsEnd, StopTts, TtsInterruption, TtsPause, TtsResume, TurnMetrics, SettingsChanged,
+    HistoryCleared, Error,
 ]
 SERVER_MESSAGES: tuple[type[_Out], ...] = ServerMessage.__args__  # type: ignore[attr-defined]
 

@@ -30,6 +30,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 from voicechat import protocol as p
 from voicechat.bargein import BargeInPolicy, words
 from voicechat.config import Settings
+from voicechat.echo import EchoGate, EchoReference
 from voicechat.llm import LLM, History
 from voicechat.metrics import Metrics
 from voicechat.playback import ClientPlayback, Clock, MonotonicClock
@@ -133,6 +134,8 @@ class Session:
         self.policy = BargeInPolicy()
         self.clock = clock or MonotonicClock()
         self.playback = ClientPlayback(self.clock)
+        self.echo = EchoReference(rate=p.OUTPUT_SAMPLE_RATE)  # what was sent and played, for the echo gate
+        self._held: int | None = None  # the turn whose playback the client holds (tts_pause) until told
         self.listener: Listener | None = None
         self.reply: Reply | None = None  # the current assistant turn (speculative until confirmed)
         self._make_listener = make_listener
@@ -160,6 +163,7 @@ class Session:
         await self.send(p.Error(code=code, message=message))
 
     async def _send_audio(self, turn_id: int, seq: int, pcm: np.ndarray) -> None:
+        self.echo.sent(pcm, turn_id)
         await self._send(p.encode_audio_frame(turn_id, seq, pcm))
 
     async def _send(self, data: str | bytes) -> None:
@@ -194,6 +198,7 @@ class Session:
             self.listener = self._make_listener(
                 self.services.speech, hello, self.settings.speed, self.services.settings.max_utterance_s
             )
+            self.listener.echo_gate = EchoGate(self.echo)
             audio_task = asyncio.create_task(self._audio_loop(), name=f"audio-{self.id}")
             await self.set_state("listening")
             await self._receive_loop()
@@ -253,10 +258,15 @@ class Session:
     async def _on_speech(self, event: SpeechEvent) -> None:
         if self._assistant_audible():
             assert self.reply is not None
+            if event.type == "speech_started":
+                await self._hold(self.reply.turn_id)  # at voice onset: the user may be interrupting
+                return
             if event.type not in ("partial", "turn_end") or not self.policy.should_interrupt(
                 event.text, event.speech_s, self.reply.text, client_playing=self.playback.uplink_playing
             ):
-                return  # echo, a cough or a backchannel: the assistant keeps talking
+                if event.type == "turn_end":
+                    await self._release(self.reply.turn_id)  # a cough or a backchannel: play on
+                return  # the assistant keeps talking
             await self.interrupt(barge_in=True)
         if event.type == "speech_started":
             await self._drop_speculation()  # the user goes on talking
@@ -277,6 +287,20 @@ class Session:
             if event.stt_ms is not None:
                 self.services.metrics.stt.observe(event.stt_ms / 1000)
             await self.start_turn(event.text.strip(), event)
+
+    async def _hold(self, turn_id: int) -> None:
+        """Voice started over the assistant (the echo gate let it through, so it is not its own voice):
+        the client holds playback at once, keeping the audio, until words decide (stop or resume)."""
+        if self._held != turn_id:
+            self._held = turn_id
+            self.echo.hold()
+            await self.send(p.TtsPause(turn_id=turn_id))
+
+    async def _release(self, turn_id: int) -> None:
+        if self._held == turn_id:
+            self._held = None
+            self.echo.resume()
+            await self.send(p.TtsResume(turn_id=turn_id))
 
     async def _drop_speculation(self) -> None:
         if self.reply is not None and not self.reply.confirmed:
@@ -325,6 +349,7 @@ class Session:
         elif reply.state == "played" and self.reply is reply:
             self._close(reply)
             self.reply = None
+            await self._release(reply.turn_id)  # a client that never reported may still hold it
             await self.set_state("listening")
 
     async def _send_metrics(self, reply: Reply) -> None:
@@ -346,6 +371,8 @@ class Session:
         if reply is None or (keep_speculation and not reply.confirmed):
             return None
         self.reply = None
+        if self._held == reply.turn_id:
+            self._held = None  # a held turn is stopped, not resumed
         audible = reply.audible
         await reply.cancel()
         heard = self._close(reply) if reply.confirmed else ""
@@ -372,10 +399,13 @@ class Session:
                 raise p.ProtocolError("bad_message", "hello was already received")
             case p.TtsStart(turn_id=turn_id):
                 self.playback.reported(turn_id)
+                self.echo.played(0, turn_id, playing=self._held != turn_id)
             case p.Playback(turn_id=turn_id, played_samples=played):
                 self.playback.reported(turn_id, played=played)
+                self.echo.played(played, turn_id, playing=self._held != turn_id)
             case p.TtsStop(turn_id=turn_id, played_samples=played):
                 self.playback.reported(turn_id, played=played, stopped=True)
+                self.echo.played(played, turn_id, playing=False)
             case p.ClearHistory():
                 await self.interrupt(barge_in=False)
                 await self._stop_reply()

@@ -46,7 +46,7 @@ def page(playwright_driver) -> Iterator[object]:
 
 
 PLAYBACK = """
-async ({ rate, stopAt }) => {
+async ({ rate, stopAt, holdAt = null, resumeAt = null }) => {
   const seconds = 1.6;
   const ctx = new OfflineAudioContext(1, Math.round(rate * seconds), rate);
   await ctx.audioWorklet.addModule("/playback-worklet.js");
@@ -85,6 +85,14 @@ async ({ rate, stopAt }) => {
       ctx.resume();
     });
   }
+  // The server's tts_pause / tts_resume, as app.js passes them on.
+  const atTime = (at, message) => ctx.suspend(at).then(async () => {
+    node.port.postMessage(message);
+    await roundTrip();
+    ctx.resume();
+  });
+  if (holdAt !== null) atTime(holdAt, { type: "pause", turnId: 7 });
+  if (resumeAt !== null) atTime(resumeAt, { type: "resume", turnId: 7 });
   const out = (await ctx.startRendering()).getChannelData(0);
   await new Promise((r) => setTimeout(r, 300)); // the worklet's last messages are still on their way
   await roundTrip();
@@ -179,3 +187,24 @@ def test_capture_resamples_any_device_rate_to_16k_frames(page, rate):
     assert max(errors) < 0.01
     levels = result["levels"]
     assert levels and all(abs(level - 0.5 / math.sqrt(2)) < 0.02 for level in levels[1:])
+
+
+def test_a_held_turn_falls_silent_at_once_and_plays_on_from_where_it_was(page):
+    rate = 48000
+    result = page.evaluate(PLAYBACK, {"rate": rate, "stopAt": None, "holdAt": 0.3, "resumeAt": 0.7})
+    out = result["out"]
+    held = math.ceil(0.3 * rate / 128) * 128  # suspend() lands on a render quantum
+    resumed = math.ceil(0.7 * rate / 128) * 128
+    loud = [i for i, s in enumerate(out) if abs(s) > 1e-4]
+    assert not [i for i in loud if held + 128 <= i < resumed]  # silent within one quantum of the hold
+    first, last, jump = analyse(out)
+    assert jump <= tone_step(rate) + 0.49 / 128 * 1.5  # faded out and back in, never cut
+    # Nothing was lost or skipped: the tone goes on from where it stopped, so it ends the hold later.
+    assert abs(last - (round(rate * 1.0) + resumed - held - 128)) < 64
+    shift = resumed - held - 128  # the 128 samples of the fade-out block were played (faded)
+    errors = [abs(out[i] - 16000 / 32768 * math.sin(2 * math.pi * 440 * (i - shift) / rate)) for i in range(resumed + 128, last - 64)]
+    assert max(errors) < 0.01
+    stop = next(e for e in result["events"] if e["type"] == "stop")
+    assert stop["reason"] == "done" and stop["played"] == 24000  # all of it, once
+    flags = [e["value"] for e in result["events"] if e["type"] == "playing"]
+    assert flags == [True, False, True, False]  # the microphone's flag says "not playing" while held

@@ -1,8 +1,12 @@
-"""Barge-in policy: real interruptions stop the assistant; coughs, backchannels and echo do not."""
+"""Barge-in: the policy (real interruptions stop the assistant; coughs, backchannels and echo do not) and the
+session holding playback at voice onset, then stopping it on words or resuming it."""
 
 from __future__ import annotations
 
 import pytest
+from fake_llm import FakeLLM, Script
+from loop_guard import no_loop_exceptions  # noqa: F401  (autouse fixture)
+from session_script import CHUNK, conversation, speech
 
 from voicechat.bargein import BargeInPolicy, is_backchannel, is_echo
 
@@ -44,3 +48,69 @@ def test_policy() -> None:
     # While the client plays audio, two words are not enough (the echo canceller may leak).
     assert not policy.should_interrupt("stop now", 0.9, ASSISTANT, client_playing=True)
     assert policy.should_interrupt("stop, tell me about Berlin", 1.2, ASSISTANT, client_playing=True)
+
+
+# --- the session: hold at voice onset, then stop or resume (scripted, session_script.py) -------------
+
+REPLY = "Paris is the capital of France. It has about two million people. The Seine runs through it."
+
+
+@pytest.fixture
+def llm_server():
+    with FakeLLM(Script(reply=REPLY)) as fake:
+        yield fake
+
+
+async def playing_reply(conv) -> int:  # type: ignore[no-untyped-def]
+    """A reply the client has started playing; returns its turn id."""
+    turn = await conv.say("Tell me about Paris")
+    await conv.next("tts_end", turn_id=turn)
+    conv.send({"type": "tts_start", "turn_id": turn})
+    conv.send({"type": "playback", "turn_id": turn, "played_samples": 4 * CHUNK})
+    return turn
+
+
+def kinds_after(conv, index: int) -> list[str]:  # type: ignore[no-untyped-def]
+    return [m["type"] for m in conv.ws.messages[index:] if m["type"] != "status"]
+
+
+async def test_voice_over_the_assistant_holds_its_playback_at_once_and_words_stop_it(llm_server) -> None:
+    async with conversation(llm_server) as conv:
+        turn = await playing_reply(conv)
+        before = len(conv.ws.messages)
+        await conv.hear(speech("speech_started"), playing=True)
+        # The first thing the client hears of the onset is the hold, before any words are known.
+        assert kinds_after(conv, before) == ["tts_pause"] and conv.of_type("tts_pause") == [{"type": "tts_pause", "turn_id": turn}]
+        await conv.hear(speech("partial", "Wait, tell me about Berlin instead", speech_s=1.0))
+        await conv.next("stop_tts", turn_id=turn)
+        assert kinds_after(conv, before)[:4] == ["tts_pause", "tts_interruption", "stop_tts", "final_assistant_answer"]
+        assert not conv.of_type("tts_resume")
+
+
+@pytest.mark.parametrize("heard", ["", "Mm-hmm. Okay. Uh-huh.", "And then... Okay."])
+async def test_a_cough_or_backchannels_resume_the_held_reply_and_it_plays_to_its_end(llm_server, heard: str) -> None:
+    async with conversation(llm_server) as conv:
+        turn = await playing_reply(conv)
+        await conv.hear(speech("speech_started"), playing=True)
+        await conv.next("tts_pause", turn_id=turn)
+        await conv.hear(speech("partial", heard, speech_s=0.8) if heard else speech("speech_started"))
+        await conv.hear(speech("turn_end", heard, speech_s=0.8 if heard else 0.2))
+        await conv.next("tts_resume", turn_id=turn)
+        conv.send({"type": "tts_stop", "turn_id": turn, "played_samples": conv.sent_samples(turn)})
+        await conv.state_becomes("listening")
+        assert not conv.of_type("stop_tts") and not conv.of_type("tts_interruption")
+        assert [m["turn_id"] for m in conv.of_type("final_user_request")] == [turn]  # no new user turn
+        await conv.type("Thanks")
+        await conv.next("tts_end", turn_id=turn + 1)
+        assert conv.llm_messages()[1] == ("assistant", REPLY)  # all of it was heard
+
+
+async def test_voice_while_nothing_is_audible_holds_nothing(llm_server) -> None:
+    async with conversation(llm_server) as conv:
+        turn = await conv.say("Tell me about Paris")
+        await conv.next("tts_end", turn_id=turn)
+        conv.send({"type": "tts_stop", "turn_id": turn, "played_samples": conv.sent_samples(turn)})
+        await conv.state_becomes("listening")
+        await conv.hear(speech("speech_started"))
+        await conv.settled()
+        assert not conv.of_type("tts_pause")

@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Literal
 import numpy as np
 
 from voicechat.audio import StreamResampler, int16_to_float32
+from voicechat.echo import EchoGate
 from voicechat.stt.transcriber import Transcriber, Transcript, clean_text
 from voicechat.stt.turn import SmartTurn, TurnPolicy, pause_ends_turn
 from voicechat.stt.vad import FRAME_S, SAMPLE_RATE, SileroVad, VadStream
@@ -153,6 +154,8 @@ class Listener:
         self._turn: _Turn | None = None
         self._ready: list[SpeechEvent] = []  # produced by background work, handed out by the next feed/poll
         self._closed = False
+        # Set by the server session: silences the assistant's own voice before the VAD hears it (echo.py).
+        self.echo_gate: EchoGate | None = None
 
     # --- public -----------------------------------------------------------------------------------
 
@@ -222,8 +225,11 @@ class Listener:
         return pcm
 
     def _vad_frames(self, pcm: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Worker thread: convert, resample and run the VAD over a chunk."""
-        return self._vad.process(self._resampler.process(int16_to_float32(pcm)))
+        """Worker thread: convert, resample, silence the assistant's own echo, run the VAD over a chunk."""
+        audio = self._resampler.process(int16_to_float32(pcm))
+        if self.echo_gate is not None:
+            audio = self.echo_gate.process(audio)
+        return self._vad.process(audio)
 
     # --- the state machine, one 32 ms frame at a time -------------------------------------------
 

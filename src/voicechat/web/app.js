@@ -112,7 +112,7 @@ connection.addEventListener("hello", ({ detail: hello }) => {
   hideBanner("connection");
   transcript.newSession();
   if (resumed) {
-    transcript.note("Reconnected. The assistant starts a fresh memory from here.");
+    transcript.note(hello.resumed ? "Reconnected. The conversation goes on." : "Reconnected. The assistant starts a fresh memory from here.");
     toast("Reconnected");
   }
   // Messages typed while offline go out now, in order.
@@ -166,6 +166,12 @@ connection.addEventListener("message", ({ detail: msg }) => {
     case "tts_interruption":
       stopTurn(msg.turn_id);
       page.interruptedUntil = performance.now() + 1200;
+      break;
+    case "tts_pause": // voice started over the assistant: hold it until words decide
+      audio.pauseTurn(msg.turn_id);
+      break;
+    case "tts_resume": // it was a cough or a backchannel: play on
+      audio.resumeTurn(msg.turn_id);
       break;
     case "turn_metrics":
       transcript.metrics(msg.turn_id, msg);

@@ -223,6 +223,15 @@ export class AudioEngine extends EventTarget {
     this.toPlayback({ type: "stop", turnId });
   }
 
+  /** Hold a turn where it is (tts_pause): silence, its audio kept; resumeTurn plays on from there. */
+  pauseTurn(turnId) {
+    this.toPlayback({ type: "pause", turnId });
+  }
+
+  resumeTurn(turnId) {
+    this.toPlayback({ type: "resume", turnId });
+  }
+
   stopAll() {
     this.toPlayback({ type: "stopAll" });
   }

@@ -1,8 +1,10 @@
 // Assistant speech playback, on the audio thread. Chunks arrive tagged with their turn id; each turn
 // plays in order after a short jitter buffer, resampled from the server's rate (24 kHz) to the device
 // rate with one continuous resampler per turn, so chunk boundaries are seamless. A stopped turn is
-// dropped at once, with a one-block fade so the cut does not click. The page is told when a turn
-// starts, how far it has got (about every 250 ms) and when it stops, in server-rate samples.
+// dropped at once, with a one-block fade so the cut does not click. A held turn (the server's tts_pause,
+// when the user starts talking over it) fades out the same way but keeps its audio and its place, and
+// plays on, fading in, when resumed. The page is told when a turn starts, how far it has got (about
+// every 250 ms) and when it stops, in server-rate samples.
 
 import { Resampler, int16ToFloat } from "./resampler.js";
 
@@ -24,6 +26,7 @@ class Turn {
     this.started = false;
     this.playing = false; // false while buffering, at the start or after an underrun
     this.stopping = false;
+    this.silenced = false; // held (tts_pause) and faded out
     this.fadeIn = false;
   }
 }
@@ -46,6 +49,7 @@ class PlaybackProcessor extends AudioWorkletProcessor {
     this.sinceStats = 0;
     this.statsDirty = false;
     this.playingFlag = false;
+    this.held = null; // the turn id on hold (tts_pause), or null
     this.playedBefore = 0; // server-rate samples played of the turns already finished
     this.stats = {
       chunksReceived: 0,
@@ -70,6 +74,12 @@ class PlaybackProcessor extends AudioWorkletProcessor {
       }
       case "stop":
         return this.stop(msg.turnId);
+      case "pause":
+        this.held = msg.turnId;
+        return;
+      case "resume":
+        if (this.held === msg.turnId) this.held = null;
+        return;
       case "stopAll":
         for (const turn of [...this.turns]) this.stop(turn.id);
         return;
@@ -80,6 +90,7 @@ class PlaybackProcessor extends AudioWorkletProcessor {
         this.stoppedOrder = [];
         this.resampler.reset();
         this.fifoLength = 0;
+        this.held = null;
         this.setPlaying(false);
         return this.postStats();
       case "stats":
@@ -145,6 +156,7 @@ class PlaybackProcessor extends AudioWorkletProcessor {
       this.fifoLength = 0;
     }
     const done = reason === "done";
+    if (this.held === turn.id) this.held = null;
     if (done) this.stats.turnsCompleted++;
     else if (turn.received > 0) this.stats.turnsDropped++;
     const played = done ? turn.received : this.played(turn);
@@ -219,6 +231,10 @@ class PlaybackProcessor extends AudioWorkletProcessor {
     if (!turn) return;
     const size = out.length;
 
+    if (turn.stopping && turn.silenced) {
+      this.finish(turn, "stopped"); // held and already faded out: nothing more to hear
+      return;
+    }
     if (turn.stopping) {
       this.fill(turn, size);
       const n = this.drain(out);
@@ -226,6 +242,24 @@ class PlaybackProcessor extends AudioWorkletProcessor {
       turn.output += n;
       this.finish(turn, "stopped");
       return;
+    }
+
+    if (this.held === turn.id) {
+      // On hold: fade out over one block (as a stop does), then silence that keeps the turn's place.
+      if (turn.playing && !turn.silenced) {
+        this.fill(turn, size);
+        const n = this.drain(out);
+        for (let i = 0; i < n; i++) out[i] *= 1 - (i + 1) / n;
+        turn.output += n;
+      }
+      turn.silenced = true;
+      this.setPlaying(false);
+      return;
+    }
+    if (turn.silenced) {
+      turn.silenced = false; // resumed: fade back in where it stopped
+      turn.fadeIn = true;
+      if (turn.playing) this.setPlaying(true);
     }
 
     if (!turn.playing) {
