@@ -223,6 +223,33 @@ def test_whisper_is_sure_of_clear_speech(speech_models: SpeechModels) -> None:
     assert 0.7 < transcript.last_word_probability <= 1
 
 
+class _CountingWhisper:
+    """faster-whisper's CTranslate2 model, counting the 30 s windows it encodes."""
+
+    def __init__(self, model: object) -> None:
+        self.model, self.encoded = model, 0
+
+    def encode(self, *args: object, **kwargs: object) -> object:
+        self.encoded += 1
+        return self.model.encode(*args, **kwargs)
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.model, name)
+
+
+def test_a_final_decodes_one_window_only(speech_models: SpeechModels, monkeypatch: pytest.MonkeyPatch) -> None:
+    # With word probabilities faster-whisper would decode the trailing silence again as a second
+    # window (~0.6 s on a CPU, and it writes "Thank you." there): a final stops after the first.
+    whisper = speech_models.transcriber._model
+    counting = _CountingWhisper(whisper.model)
+    monkeypatch.setattr(whisper, "model", counting)
+    audio = int16_to_float32(with_silence(say("Please enter your password."), 3.0))
+    transcript = speech_models.transcriber.submit(audio, final=True).result(timeout=60)
+    assert "password" in transcript.text.lower() and "thank" not in transcript.text.lower()
+    assert transcript.last_word_probability < 1.0  # the words' probabilities were computed
+    assert counting.encoded == 1
+
+
 def test_hallucinations_on_near_silence_are_dropped() -> None:
     assert clean_text("Thank you.", speech_s=0.2) == ""
     assert clean_text(" [BLANK_AUDIO] ", speech_s=3.0) == ""
