@@ -130,23 +130,46 @@ class EchoReference:
     def share_explained(self, mic: np.ndarray, *, ago: int = 0) -> float:
         """How much (0-1) of ``mic`` (float32, 16 kHz, ending ``ago`` samples before now) the played
         assistant audio explains, at the best delay."""
+        return self.search(mic, ago=ago)[0]
+
+    def position(self) -> int:
+        """The client's playback position now (stream samples at 16 kHz), as estimated."""
+        with self._lock:
+            return self._position()
+
+    def search(
+        self, mic: np.ndarray, *, ago: int = 0, at: int | None = None, near: int | None = None
+    ) -> tuple[float, int | None]:
+        """The best share explained and its delay (samples the microphone lags the estimated playback
+        position; None when nothing was played). The window ends at playback position ``at`` (default:
+        now, less ``ago`` samples). ``near``: try only delays within two hops of it."""
         mic = np.asarray(mic, dtype=np.float32)
         with self._lock:
             if len(mic) < _FRAME * 4 or self._reported_at is None:
-                return 0.0
-            end = self._position() - ago
+                return 0.0, None
+            end = self._position() - ago if at is None else at
             span = self._span(end - len(mic) - self._max_delay, end + self._lead)
         if float(np.mean(span**2)) < QUIET_RMS**2:
-            return 0.0  # nothing audible was played then
+            return 0.0, None  # nothing audible was played then
         m = _stft(mic)
-        best = 0.0
+        best, best_delay = 0.0, None
         # Delays a whole hop apart share one transform of the span; a shift within a frame is mostly
         # a phase per band, which the per-band fit absorbs, so offsets a quarter hop apart suffice.
+        # A start in the span is a delay of max_delay - start.
+        low, high = 0, len(span) - len(mic)
+        if near is not None:
+            low = max(low, self._max_delay - near - 2 * _HOP)
+            high = min(high, self._max_delay - near + 2 * _HOP)
         for offset in range(0, _HOP, _DELAY_STEP):
-            r = _stft(span[offset:])
-            for first in range(0, (len(span) - offset - len(mic)) // _HOP + 1):
-                best = max(best, _share(m, r[first : first + len(m)]))
-        return best
+            firsts = range(max(0, -(-(low - offset) // _HOP)), (high - offset) // _HOP + 1)
+            if not firsts:
+                continue
+            r = _stft(span[offset + firsts[0] * _HOP : offset + (firsts[-1] + len(m)) * _HOP + _FRAME - _HOP])
+            for first in firsts:
+                share = _share(m, r[first - firsts[0] : first - firsts[0] + len(m)])
+                if share > best:
+                    best, best_delay = share, self._max_delay - (offset + first * _HOP)
+        return best, best_delay
 
     def is_echo(self, mic: np.ndarray) -> bool:
         return self.share_explained(mic) >= ECHO_SHARE
@@ -185,16 +208,42 @@ class EchoGate:
     """Silences the stretches of a live 16 kHz microphone stream that the played assistant audio explains.
 
     Each decision looks at the last 256 ms of microphone audio and holds for the next 32 ms; audio
-    arriving in one larger piece is judged 32 ms at a time, each against the playback position it was
-    heard at. ``gated_s`` counts the seconds silenced. Runs on the Listener's worker thread.
+    arriving in one larger piece is judged 32 ms at a time. Each stretch is compared with the playback
+    position at the moment its audio *arrived* (``arrived``, called by the session as frames come in):
+    a server running behind its audio backlog judges old audio against where playback was then, not
+    now. Without arrival marks the position now is used. ``gated_s`` counts the seconds silenced.
+    ``process`` runs on the Listener's worker thread, ``arrived`` on the event loop.
     """
 
-    def __init__(self, reference: EchoReference) -> None:
+    def __init__(self, reference: EchoReference, *, mic_rate: int = RATE) -> None:
         self._reference = reference
+        self._mic_rate = mic_rate
+        self._lock = threading.Lock()
+        self._marks: deque[tuple[float, int]] = deque(maxlen=2048)  # (mic samples at 16 kHz so far, position)
+        self._arrived = 0.0
+        self._heard = 0  # mic samples (16 kHz) processed
         self._history = np.zeros(GATE_WINDOW, np.float32)  # before the stream: silence
         self._since = GATE_EVERY  # samples since the last decision
         self._echo = False
+        self._delay: int | None = None  # the echo's delay at the last decision that found echo
         self.gated_s = 0.0
+
+    def arrived(self, samples: int) -> None:
+        """``samples`` of microphone audio (at ``mic_rate``) arrived just now."""
+        position = self._reference.position()
+        with self._lock:
+            self._arrived += samples * RATE / self._mic_rate
+            self._marks.append((self._arrived, position))
+
+    def _position_at(self, heard: int) -> int | None:
+        """The playback position when microphone sample ``heard`` arrived (None without marks)."""
+        with self._lock:
+            while len(self._marks) > 1 and self._marks[1][0] <= heard:
+                self._marks.popleft()  # marks before the one covering ``heard`` are no longer needed
+            for mic, position in self._marks:
+                if mic >= heard:
+                    return position - round(mic - heard)  # the frame's end arrived at ``position``
+            return None
 
     def process(self, audio: np.ndarray) -> np.ndarray:
         audio = np.asarray(audio, dtype=np.float32)
@@ -207,16 +256,24 @@ class EchoGate:
             stop = min(start + GATE_EVERY, len(audio))
             if self._since >= GATE_EVERY or stop - start >= GATE_EVERY:
                 window = history[max(0, offset + stop - GATE_WINDOW) : offset + stop]
-                self._echo = self._judge(window, ago=len(audio) - stop)
+                self._echo = self._judge(window, ago=len(audio) - stop, at=self._position_at(self._heard + stop))
                 self._since = 0
             self._since += stop - start
             if self._echo:
                 out[start:stop] = 0.0
                 self.gated_s += (stop - start) / RATE
         self._history = history[-GATE_WINDOW:]
+        self._heard += len(audio)
         return out
 
-    def _judge(self, window: np.ndarray, *, ago: int) -> bool:
+    def _judge(self, window: np.ndarray, *, ago: int, at: int | None) -> bool:
         if float(np.sqrt(np.mean(window**2))) < QUIET_RMS:
             return False
-        return self._reference.share_explained(window, ago=ago) >= ECHO_SHARE
+        # The echo path's delay barely moves: look near the last one first (a fifth of the work); only
+        # a miss there needs the whole range before the audio may pass.
+        search = self._reference.search
+        share, delay = (0.0, None) if self._delay is None else search(window, ago=ago, at=at, near=self._delay)
+        if share < ECHO_SHARE:
+            share, delay = search(window, ago=ago, at=at)
+        self._delay = delay if share >= ECHO_SHARE else None
+        return share >= ECHO_SHARE

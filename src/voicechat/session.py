@@ -136,6 +136,7 @@ class Session:
         self.playback = ClientPlayback(self.clock)
         self.echo = EchoReference(rate=p.OUTPUT_SAMPLE_RATE)  # what was sent and played, for the echo gate
         self._held: int | None = None  # the turn whose playback the client holds (tts_pause) until told
+        self._echo_gate: EchoGate | None = None
         self.listener: Listener | None = None
         self.reply: Reply | None = None  # the current assistant turn (speculative until confirmed)
         self._make_listener = make_listener
@@ -198,7 +199,7 @@ class Session:
             self.listener = self._make_listener(
                 self.services.speech, hello, self.settings.speed, self.services.settings.max_utterance_s
             )
-            self.listener.echo_gate = EchoGate(self.echo)
+            self._echo_gate = self.listener.echo_gate = EchoGate(self.echo, mic_rate=hello.sample_rate)
             audio_task = asyncio.create_task(self._audio_loop(), name=f"audio-{self.id}")
             await self.set_state("listening")
             await self._receive_loop()
@@ -220,7 +221,10 @@ class Session:
                 raise WebSocketDisconnect(message.get("code", 1000))
             try:
                 if message.get("bytes") is not None:
-                    self._audio.accept(p.decode_audio_frame(message["bytes"], max_bytes=self.services.settings.max_frame_bytes))
+                    frame = p.decode_audio_frame(message["bytes"], max_bytes=self.services.settings.max_frame_bytes)
+                    self._audio.accept(frame)
+                    if self._echo_gate is not None:
+                        self._echo_gate.arrived(len(frame.pcm))  # where playback was as this audio came in
                 elif message.get("text") is not None:
                     await self._handle(p.parse_client_message(message["text"]))
             except p.ProtocolError as error:

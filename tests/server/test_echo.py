@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -80,6 +81,8 @@ def test_a_user_alone_is_not_echo_and_nothing_played_is_never_echo(voices) -> No
 # --- through a session: real Listener (Silero, Smart Turn, tiny.en), real pace, a simulated page ------
 
 STEP = 320  # 20 ms microphone frames at 16 kHz
+MAX_S = 60  # a run that has not reached its outcome by then hangs
+SENTINEL = "What time is it?"
 REPORT_EVERY = 12  # frames between playback reports (240 ms; the page reports about every 250 ms)
 
 
@@ -131,11 +134,20 @@ class Heard:
 
 
 async def play_with_echo(
-    models: SpeechModels, *, delay_ms: int, gain: float, user: np.ndarray | None, user_at_s: float, seconds: float
+    models: SpeechModels,
+    *,
+    delay_ms: int,
+    gain: float,
+    user: np.ndarray,
+    user_at_s: float,
+    until: Callable[[list[dict]], bool],
+    stop_at_s: float | None = None,
 ) -> Heard:
     """A page that plays the reply in real time while its microphone hears that playback (delayed,
     quieter, low-passed, over a noise floor) and, from ``user_at_s``, the user. It obeys tts_pause,
-    tts_resume and stop_tts and reports its playback as the page does."""
+    tts_resume and stop_tts, reports its playback as the page does, presses Stop at ``stop_at_s``,
+    and goes on (silence after the user) until ``until(messages)``: however slow the machine, every
+    decision is waited for, never cut off by the clock (MAX_S only guards against a hang)."""
     settings = Settings(_env_file=None, provider="ollama", base_url=LLM.url, model="llama3.2:3b", api_key=None, llm_retries=0)
     services = Services(settings=settings, tts=SpeakingTTS(), speech=models, llm=create_llm(settings), metrics=Metrics())  # type: ignore[arg-type]
     ws = FakeSocket()
@@ -148,12 +160,11 @@ async def play_with_echo(
         tts_end = await ws.changes.until(lambda: next((m for m in ws.messages if m["type"] == "tts_end"), None))
         turn = tts_end["turn_id"]
         reply = resample(np.concatenate(ws.audio[turn]), 24000, RATE).astype(np.float32) / 32768
-        frames = round(seconds * RATE / STEP)
-        speaker = np.zeros(frames * STEP + RATE, np.float32)  # what the loudspeaker played, per mic sample
+        total = MAX_S * RATE
+        speaker = np.zeros(total + RATE, np.float32)  # what the loudspeaker played, per mic sample
         user_track = np.zeros_like(speaker)
-        if user is not None:
-            start = round(user_at_s * RATE)
-            user_track[start : start + len(user)] = user[: len(user_track) - start]
+        start = round(user_at_s * RATE)
+        user_track[start : start + len(user)] = user
         delay = delay_ms * RATE // 1000
         taps = np.hanning(9) / np.hanning(9).sum()
         noise = np.random.default_rng(delay_ms).normal(0, 0.002, len(speaker)).astype(np.float32)
@@ -162,7 +173,7 @@ async def play_with_echo(
         seen = len(ws.messages)
         ws.client_sends({"type": "tts_start", "turn_id": turn})
         started = time.perf_counter()
-        for frame in range(frames):
+        for frame in range(total // STEP):
             at = frame * STEP
             for message in ws.messages[seen:]:
                 heard.append((at / RATE, message))
@@ -172,6 +183,10 @@ async def play_with_echo(
                         stopped = True
                         ws.client_sends({"type": "tts_stop", "turn_id": turn, "played_samples": played * 3 // 2})
             seen = len(ws.messages)
+            if until([message for _, message in heard]):
+                break
+            if stop_at_s is not None and at == round(stop_at_s * RATE / STEP) * STEP:
+                ws.client_sends({"type": "interrupt"})  # the page's Stop button
             playing = not (held or stopped) and played < len(reply)
             if playing:
                 take = min(STEP, len(reply) - played)
@@ -179,22 +194,32 @@ async def play_with_echo(
                 played += take
                 if frame % REPORT_EVERY == 0:
                     ws.client_sends({"type": "playback", "turn_id": turn, "played_samples": played * 3 // 2})
-            echo = gain * np.convolve(speaker[max(0, at - delay - 8) : at + STEP - delay + 8], taps, mode="same")
-            echo = np.pad(echo, (max(0, STEP + 16 - len(echo)), 0))[8 : 8 + STEP] if at >= delay else np.zeros(STEP, np.float32)
+            echo = np.zeros(STEP, np.float32)
+            if at >= delay + 8:
+                echo = gain * np.convolve(speaker[at - delay - 8 : at - delay + STEP + 8], taps, mode="valid")[:STEP]
             mic = echo + user_track[at : at + STEP] + noise[at : at + STEP]
             pcm = np.clip(mic * 32768, -32768, 32767).astype("<i2")
             ws.client_sends(p.FRAME_HEADER.pack(at // 16, p.FLAG_PLAYING if playing else 0) + pcm.tobytes())
             await asyncio.sleep(max(0.0, started + (frame + 1) * STEP / RATE - time.perf_counter()))  # real pace
-        onset = None
-        if user is not None:
-            loud = np.nonzero(np.abs(user_track) > 0.01)[0]
-            onset = float(loud[0]) / RATE
+        else:
+            raise AssertionError(f"no outcome after {MAX_S} s: {[m['type'] for _, m in heard]}")
+        loud = np.nonzero(np.abs(user_track) > 0.01)[0]
         gate = session.listener.echo_gate if session.listener is not None else None
-        return Heard(heard, onset, gate.gated_s if gate is not None else 0.0)
+        return Heard(heard, float(loud[0]) / RATE, gate.gated_s if gate is not None else 0.0)
     finally:
         ws.client_leaves()
         await asyncio.wait_for(task, 10)
         await services.llm.aclose()
+
+
+def user_voice(text: str, level: float) -> np.ndarray:
+    pcm, _ = read_pcm16(espeak_wav(text, voice="en-gb"))
+    return int16_to_float32(pcm) * level
+
+
+def a_user_turn(messages: list[dict]) -> bool:
+    """Until the user's turn comes back finished (the typed one came before the run)."""
+    return any(m["type"] == "final_user_request" for m in messages)
 
 
 @pytest.fixture(scope="module")
@@ -215,22 +240,26 @@ def fake_llm():  # type: ignore[no-untyped-def]
 async def test_the_assistants_own_voice_in_the_microphone_never_holds_stops_or_answers(
     speech_models: SpeechModels, delay_ms: int, gain: float
 ) -> None:
-    heard = await play_with_echo(speech_models, delay_ms=delay_ms, gain=gain, user=None, user_at_s=0, seconds=4.0)
-    kinds = heard.kinds()
-    assert "tts_pause" not in kinds and "stop_tts" not in kinds and "tts_interruption" not in kinds
-    assert "partial_user_request" not in kinds and "final_user_request" not in kinds
+    # 4 s of the reply heard back, then the page's Stop; then the user asks something, so the run ends
+    # only once everything before it has been heard and decided.
+    heard = await play_with_echo(
+        speech_models, delay_ms=delay_ms, gain=gain, user=user_voice(SENTINEL, 0.3), user_at_s=4.5,
+        until=a_user_turn, stop_at_s=4.0,
+    )
+    before = [kind for at, message in heard.messages if at < heard.user_onset_s for kind in [message["type"]]]
+    assert "tts_pause" not in heard.kinds() and "tts_interruption" not in heard.kinds()
+    assert "partial_user_request" not in before and "final_user_request" not in before
+    assert len([m for _, m in heard.messages if m["type"] == "final_user_request"]) == 1  # the question only
     assert heard.gated_s > 1.0  # the echo was loud enough to be heard, and silenced
 
 
 async def test_a_user_over_the_echo_holds_playback_at_onset_then_stops_it(speech_models: SpeechModels) -> None:
-    user, _ = read_pcm16(espeak_wav(USER, voice="en-gb"))
     heard = await play_with_echo(
-        speech_models, delay_ms=120, gain=0.3, user=int16_to_float32(user) * 0.6, user_at_s=1.5, seconds=5.0
+        speech_models, delay_ms=120, gain=0.3, user=user_voice(USER, 0.6), user_at_s=1.5, until=a_user_turn
     )
     kinds = heard.kinds()
     assert kinds.index("tts_pause") < kinds.index("tts_interruption") < kinds.index("stop_tts")
     assert "tts_resume" not in kinds
-    assert heard.user_onset_s is not None
     paused, stopped = heard.first("tts_pause"), heard.first("stop_tts")
     assert paused is not None and stopped is not None and heard.user_onset_s < paused <= stopped
     # Timings are measured here, not asserted (they depend on the machine): -s prints them.
