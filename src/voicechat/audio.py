@@ -97,3 +97,9 @@ class StreamResampler:
         if self._stream is None or len(samples) == 0:
             return samples
         return self._stream.resample_chunk(samples, last=False)
+
+    def flush(self) -> np.ndarray:
+        """The end of the stream: what the filter still holds (float32; a few ms). Nothing may follow."""
+        if self._stream is None:
+            return np.zeros(0, dtype=np.float32)
+        return self._stream.resample_chunk(np.zeros(0, dtype=np.float32), last=True)

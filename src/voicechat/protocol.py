@@ -26,7 +26,7 @@ from pydantic import (
     model_validator,
 )
 
-from voicechat.audio import SPEECH_SAMPLE_RATE, AudioFormatError, pcm16_bytes_to_int16, resample
+from voicechat.audio import SPEECH_SAMPLE_RATE, AudioFormatError, pcm16_bytes_to_int16
 
 PROTOCOL_VERSION = 1
 OUTPUT_SAMPLE_RATE = SPEECH_SAMPLE_RATE  # the client gets the TTS's audio as it is made, never resampled
@@ -79,11 +79,20 @@ class _Message(BaseModel):
     _refuse_booleans = model_validator(mode="before")(_no_booleans)
 
 
+class ResumeRequest(_Message):
+    """Which conversation a reconnecting client asks back: the ``session_id`` and ``resume_token`` of its
+    last server hello."""
+
+    session_id: str = Field(min_length=1, max_length=64)
+    token: str = Field(min_length=1, max_length=200)
+
+
 class Hello(_Message):
     type: Literal["hello"]
     protocol: int = PROTOCOL_VERSION
     sample_rate: int = Field(16000, ge=8000, le=48000)
     client: str = Field("", max_length=200)
+    resume: ResumeRequest | None = None
 
 
 class TtsStart(_Message):
@@ -249,6 +258,8 @@ class ServerHello(_Out):
     output_sample_rate: int = OUTPUT_SAMPLE_RATE
     settings: ConversationSettings
     voices: list[str]
+    resume_token: str | None = None  # the secret that resumes this conversation after a drop (None: never)
+    resumed: bool = False  # the hello's resume was granted: history, settings and voice are as they were
 
 
 class Status(_Out):
@@ -358,6 +369,15 @@ def error_message(code: str, message: str, *, fatal: bool = False) -> str:
     return encode(Error(code=code, message=message, fatal=fatal))
 
 
+_SERVER_MESSAGE = TypeAdapter(Annotated[ServerMessage, Field(discriminator="type")])
+
+
+def decode_server_message(text: str) -> ServerMessage:
+    """A server message from its JSON text frame (the inverse of :func:`encode`): for the legacy edge,
+    which translates what the session sends, and for clients written in Python."""
+    return _SERVER_MESSAGE.validate_json(text)
+
+
 # --- The original RealtimeVoiceChat protocol (legacy clients), translated at the edge ----------------
 # A client written for the original app never sends hello: its first message is a binary audio frame.
 # It sends int16 audio at its AudioContext's rate (never said: measured here), expects its replies in the
@@ -366,6 +386,7 @@ def error_message(code: str, message: str, *, fatal: bool = False) -> str:
 LEGACY_OUTPUT_RATE = 48_000
 LEGACY_INPUT_RATES = (16_000, 22_050, 24_000, 32_000, 44_100, 48_000)
 LEGACY_MEASURE_MS = 1_000  # header time a rate is measured over before it replaces the 48 kHz guess
+LEGACY_CLIENT = "original RealtimeVoiceChat protocol"  # the client name of a legacy conversation's hello
 _LEGACY_CONTENT = (PartialUserRequest, FinalUserRequest, PartialAssistantAnswer, FinalAssistantAnswer)
 
 
@@ -375,6 +396,7 @@ class LegacyRateMeter:
 
     def __init__(self) -> None:
         self.rate = 48_000
+        self.measured = False  # the rate comes from LEGACY_MEASURE_MS of timestamps, not the guess
         self._first_ms: int | None = None
         self._samples_since_first = 0  # samples of the frames after the first one
 
@@ -387,7 +409,13 @@ class LegacyRateMeter:
         if elapsed_ms >= LEGACY_MEASURE_MS:
             measured = self._samples_since_first * 1000 / elapsed_ms
             self.rate = min(LEGACY_INPUT_RATES, key=lambda rate: abs(rate - measured))
+            self.measured = True
         return self.rate
+
+
+def legacy_hello(sample_rate: int) -> Hello:
+    """The hello a legacy client never sends, spoken for it once its input rate is known."""
+    return Hello(type="hello", sample_rate=sample_rate, client=LEGACY_CLIENT)
 
 
 def encode_legacy(message: ServerMessage) -> str | None:
@@ -400,9 +428,9 @@ def encode_legacy(message: ServerMessage) -> str | None:
 
 
 def encode_legacy_audio(pcm: np.ndarray) -> str:
-    """A TTS chunk (int16 at OUTPUT_SAMPLE_RATE) as the original tts_chunk: base64 int16 LE mono, 48 kHz."""
-    resampled = resample(pcm.astype(np.int16, copy=False), OUTPUT_SAMPLE_RATE, LEGACY_OUTPUT_RATE)
-    content = base64.b64encode(resampled.astype("<i2", copy=False).tobytes()).decode("ascii")
+    """TTS audio already at LEGACY_OUTPUT_RATE as the original tts_chunk: base64 int16 LE mono. (The
+    edge resamples a turn's chunks as one stream, voicechat.legacy, so no joint clicks.)"""
+    content = base64.b64encode(pcm.astype("<i2", copy=False).tobytes()).decode("ascii")
     return json.dumps({"type": "tts_chunk", "content": content})
 
 

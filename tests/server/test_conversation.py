@@ -211,8 +211,10 @@ async def test_malformed_input_gets_typed_errors_and_the_connection_survives(ser
         pass  # warm path: a normal open/close first
     client = await VoiceChatClient(server.ws_url).connect(send_hello=False)
     try:
+        await client.send({"type": "set_speed", "speed": 10})  # text first: a version-1 client (audio first
+        assert (await client.wait_for("error"))["code"] == "hello_required"  # is the original app's protocol)
         await client.send(FRAME_HEADER.pack(0, 0) + b"\x00\x00" * 160)
-        assert (await client.wait_for("error"))["code"] == "hello_required"
+        assert (await client.wait_until(lambda: client.of_type("error")[1:]))[0]["code"] == "hello_required"
         await client.send({"type": "hello", "protocol": 1, "sample_rate": 16000})
         await client.wait_for("hello")
 
