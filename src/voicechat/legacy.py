@@ -30,6 +30,7 @@ from collections import deque
 from typing import Any
 
 import numpy as np
+from pydantic import ValidationError
 from starlette.websockets import WebSocket
 
 from voicechat import protocol as p
@@ -117,7 +118,12 @@ class ClientSocket:
         if not self.legacy:
             await self._ws.send_text(text)
             return
-        for legacy in self._translate(p.decode_server_message(text)):
+        try:
+            message = p.decode_server_message(text)
+        except ValidationError:  # not a server message the edge knows: it has no original counterpart
+            log.warning("legacy edge: not translated: %.80s", text)
+            return
+        for legacy in self._translate(message):
             await self._ws.send_text(legacy)
 
     async def send_bytes(self, data: bytes) -> None:
