@@ -31,6 +31,7 @@ from voicechat.llm import LLM, LLMError, create_llm
 from voicechat.llm.local import LocalLLM
 from voicechat.loading import LoadProgress, hub_cache_folder, report_until_ready, whisper_repo
 from voicechat.metrics import Metrics
+from voicechat.resume import ResumeStore
 from voicechat.session import Services, Session
 from voicechat.stt.listener import SpeechModels
 from voicechat.tts.engine import TTSEngine
@@ -41,6 +42,7 @@ log = logging.getLogger(__name__)
 WEB_DIR = Path(__file__).parent / "web"
 LLM_CHECK_INTERVAL_S = 5.0
 LOCAL_LLM_NAME = "Language model"
+MAX_PARKED_CONVERSATIONS = 256  # dropped conversations kept for resuming at once (each is a small history)
 
 
 @dataclass
@@ -57,6 +59,10 @@ class AppState:
     llm_error: str | None = "not checked yet"
     llm_checked_at: float = float("-inf")
     voice_lock: asyncio.Lock = field(default_factory=asyncio.Lock)  # voice uploads and deletions, one at a time
+    resumes: ResumeStore = field(init=False)  # dropped conversations, kept for their page to resume them
+
+    def __post_init__(self) -> None:
+        self.resumes = ResumeStore(self.settings.resume_grace_s, MAX_PARKED_CONVERSATIONS)
 
     async def check_llm(self, llm: LLM) -> None:
         """Ask the LLM server whether it is reachable and has the model (at most every few seconds)."""
@@ -100,7 +106,9 @@ async def load_services(state: AppState) -> None:
             asyncio.to_thread(state.progress.run, stt_name, stt_hub, SpeechModels.load, settings),
             load_local_llm(state, llm) if local else asyncio.sleep(0),
         )
-        state.services = Services(settings=settings, tts=tts, speech=speech, llm=llm, metrics=state.metrics)
+        state.services = Services(
+            settings=settings, tts=tts, speech=speech, llm=llm, metrics=state.metrics, resumes=state.resumes
+        )
         state.metrics.track_tts_streams(lambda: tts.active_streams)
         state.metrics.track_tts_load(lambda: tts.utilization)
         state.stage = "ready"
@@ -140,6 +148,7 @@ def create_app(settings: Settings) -> FastAPI:
         finally:
             loader.cancel()
             await asyncio.gather(loader, return_exceptions=True)
+            state.resumes.close()
             if state.services is not None:
                 await state.services.llm.aclose()
                 await asyncio.to_thread(state.services.tts.close)

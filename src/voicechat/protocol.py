@@ -79,11 +79,20 @@ class _Message(BaseModel):
     _refuse_booleans = model_validator(mode="before")(_no_booleans)
 
 
+class ResumeRequest(_Message):
+    """Which conversation a reconnecting client asks back: the ``session_id`` and ``resume_token`` of its
+    last server hello."""
+
+    session_id: str = Field(min_length=1, max_length=64)
+    token: str = Field(min_length=1, max_length=200)
+
+
 class Hello(_Message):
     type: Literal["hello"]
     protocol: int = PROTOCOL_VERSION
     sample_rate: int = Field(16000, ge=8000, le=48000)
     client: str = Field("", max_length=200)
+    resume: ResumeRequest | None = None
 
 
 class TtsStart(_Message):
@@ -249,6 +258,8 @@ class ServerHello(_Out):
     output_sample_rate: int = OUTPUT_SAMPLE_RATE
     settings: ConversationSettings
     voices: list[str]
+    resume_token: str | None = None  # the secret that resumes this conversation after a drop (None: never)
+    resumed: bool = False  # the hello's resume was granted: history, settings and voice are as they were
 
 
 class Status(_Out):

@@ -11,9 +11,17 @@ The life of a turn:
   ``interrupt``, ``clear_history``, a typed message or a disconnect; either way :meth:`Session._close`
   writes what the user heard of it into the history (``Reply.heard_text``), and status is ``listening``.
 
-Two tasks per connection besides the replies: the receive loop (decodes messages, never waits on a
-model) and the audio task (feeds the Listener from a bounded queue). Every message goes out through
-:meth:`Session.send`. Everything the conversation owns is released in :meth:`Session.run`'s finally.
+Three tasks per connection besides the replies: the receive loop (decodes messages, never waits on a
+model), the audio task (hands the Listener all audio waiting, never waiting for a turn decision) and the
+speech task (acts on the Listener's events). A backlog because the server is slow is the server's own
+(inbox.py): it is never refused nor counted against the client; silence is shed first and the client is
+told ``server_busy`` once. Every message goes out through :meth:`Session.send`. Everything the
+conversation owns is released in :meth:`Session.run`'s finally.
+
+Resume (resume.py): the server's hello carries a ``resume_token``. A session that ends parks its
+conversation (history, settings and voice, the next turn id; a reply in flight is cut at what the client
+reported as played) for ``resume_grace_s``; a later hello with ``resume: {session_id, token}`` gets it
+back, and a conversation still held on a dead socket is handed over at once.
 """
 
 from __future__ import annotations
@@ -22,7 +30,8 @@ import asyncio
 import logging
 import uuid
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
@@ -31,19 +40,27 @@ from voicechat import protocol as p
 from voicechat.bargein import BargeInPolicy, words
 from voicechat.config import Settings
 from voicechat.echo import EchoGate, EchoReference
+from voicechat.inbox import AudioInbox
 from voicechat.llm import LLM, History
 from voicechat.metrics import Metrics
 from voicechat.playback import ClientPlayback, Clock, MonotonicClock
 from voicechat.reply import Outlet, Reply
+from voicechat.resume import ResumeStore, new_token
 from voicechat.stt.listener import Listener, SpeechEvent, SpeechModels
 from voicechat.tts.engine import TTSEngine, TTSParams
 
 log = logging.getLogger(__name__)
 
-AUDIO_QUEUE_FRAMES = 256  # frames waiting for the Listener; more means the client floods us
 BURST_ALLOWANCE_S = 10.0  # how far audio may run ahead of the wall clock before frames are dropped
 ERROR_REPEAT_S = 2.0  # the same error code is sent at most this often
 MAX_BAD_MESSAGES = 50  # a client that sends this many malformed messages is disconnected
+NOT_STRIKES = frozenset({"rate_limited"})  # refused, but not malformed: never counted towards closing
+BUSY_MESSAGE = "the server is running behind; what you say is kept and will be answered"
+LISTENER_BACKLOG_S = 4.0  # audio taken in while a turn decision waits; more waits in the inbox, which sheds
+RESUME_FAILED = (
+    "the conversation could not be resumed (it ended more than {grace:g} s ago, or is unknown); "
+    "this is a fresh one"
+)
 
 
 @dataclass
@@ -55,6 +72,16 @@ class Services:
     speech: SpeechModels
     llm: LLM
     metrics: Metrics
+    resumes: ResumeStore | None = field(default=None)  # None: conversations are never resumed
+
+
+@dataclass
+class Parked:
+    """What a conversation is, without its connection: what a resume gives back."""
+
+    history: History
+    settings: p.ConversationSettings
+    next_turn_id: int
 
 
 MakeListener = Callable[[SpeechModels, p.Hello, int, float], Listener]  # models, hello, speed, max utterance
@@ -92,23 +119,25 @@ async def receive_hello(ws: WebSocket, send: Callable[[p.ServerMessage], Awaitab
 
 
 class AudioIntake:
-    """Client audio waiting for the Listener: a bounded queue that refuses audio far ahead of real time."""
+    """Client audio on its way to the Listener. Audio far ahead of real time is the client's doing and
+    is refused (``rate_limited``, not a strike); a backlog because the server is slow is not: the inbox
+    keeps it."""
 
-    def __init__(self, clock: Clock) -> None:
-        self.frames: asyncio.Queue[p.AudioFrame] = asyncio.Queue(AUDIO_QUEUE_FRAMES)
-        self.sample_rate = 16000
+    def __init__(self, clock: Clock, sample_rate: int = 16000) -> None:
+        self.inbox = AudioInbox(sample_rate)
         self._clock = clock
         self._seconds = 0.0
         self._started_at: float | None = None
 
-    def accept(self, frame: p.AudioFrame) -> None:
+    def accept(self, frame: p.AudioFrame) -> bool:
+        """Queue the frame; True when the client should now be told the server is busy (once an episode)."""
         now = self._clock.now()
         if self._started_at is None:
             self._started_at = now
-        if self._seconds - (now - self._started_at) > BURST_ALLOWANCE_S or self.frames.full():
+        if self._seconds - (now - self._started_at) > BURST_ALLOWANCE_S:
             raise p.ProtocolError("rate_limited", "audio is arriving faster than real time; frames dropped")
-        self._seconds += len(frame.pcm) / self.sample_rate
-        self.frames.put_nowait(frame)
+        self._seconds += len(frame.pcm) / self.inbox.sample_rate
+        return self.inbox.put(frame.pcm, frame.client_playing)
 
 
 def _same_words(a: str, b: str) -> bool:
@@ -146,6 +175,9 @@ class Session:
         self._last_error_at: dict[str, float] = {}
         self._bad_messages = 0
         self._state: p.State | None = None
+        self.resume_token = new_token()
+        self._greeted = False  # the server's hello was sent: there is a conversation to resume
+        self._handed_over = asyncio.Event()  # another connection resumed this conversation
 
     # --- sending: the one way out ----------------------------------------------------------------
 
@@ -182,53 +214,125 @@ class Session:
 
     async def run(self) -> None:
         """Serve the conversation until the client leaves; always releases everything it started."""
-        audio_task: asyncio.Task[None] | None = None
+        tasks: list[asyncio.Task[None]] = []
         try:
             hello = await receive_hello(self.ws, self.send)
             if hello is None:
                 return
+            resumed = await self._resume(hello.resume)
+            resumes = self.services.resumes
             await self.send(
                 p.ServerHello(
                     session_id=self.id,
                     input_sample_rate=hello.sample_rate,
                     settings=self.settings,
                     voices=self.services.tts.voices(),
+                    resume_token=self.resume_token if resumes is not None else None,
+                    resumed=resumed,
                 )
             )
-            self._audio.sample_rate = hello.sample_rate
+            self._greeted = True
+            if resumes is not None:
+                resumes.live(self.id, self.resume_token, self._hand_over)
+            if hello.resume is not None and not resumed:
+                grace = resumes.grace_s if resumes is not None else 0
+                await self.send(p.Error(code="resume_failed", message=RESUME_FAILED.format(grace=grace)))
+            self._audio = AudioIntake(self.clock, hello.sample_rate)
             self.listener = self._make_listener(
                 self.services.speech, hello, self.settings.speed, self.services.settings.max_utterance_s
             )
             self._echo_gate = self.listener.echo_gate = EchoGate(self.echo, mic_rate=hello.sample_rate)
-            audio_task = asyncio.create_task(self._audio_loop(), name=f"audio-{self.id}")
+            tasks = [
+                asyncio.create_task(self._audio_loop(), name=f"audio-{self.id}"),
+                asyncio.create_task(self._speech_loop(), name=f"speech-{self.id}"),
+            ]
             await self.set_state("listening")
             await self._receive_loop()
         except WebSocketDisconnect:
             pass
         finally:
-            if audio_task is not None:
-                audio_task.cancel()
-                await asyncio.gather(audio_task, return_exceptions=True)
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
             await self._stop_reply()
             if self.listener is not None:
                 await self.listener.aclose()
+            self._park()
             log.info("session %s closed", self.id)
+
+    # --- resume ----------------------------------------------------------------------------------
+
+    async def _resume(self, request: p.ResumeRequest | None) -> bool:
+        """Take back the conversation the hello asks for; False (a fresh one) if it cannot be had."""
+        resumes = self.services.resumes
+        if request is None or resumes is None:
+            return False
+        parked = await resumes.take(request.session_id, request.token)
+        if not isinstance(parked, Parked):
+            log.info("session %s: resume of %s refused (unknown, expired or wrong token)", self.id, request.session_id[:12])
+            return False
+        self.id = request.session_id
+        self.history, self.settings, self._next_turn_id = parked.history, parked.settings, parked.next_turn_id
+        log.info("session %s resumed", self.id)
+        return True
+
+    def _parked(self) -> Parked:
+        return Parked(self.history, self.settings, self._next_turn_id)
+
+    async def _hand_over(self) -> Parked:
+        """Another connection resumes this conversation: stop the reply (what was heard stays in the
+        history), give the conversation to it and end this connection."""
+        self._handed_over.set()
+        await self._stop_reply()
+        parked = self._parked()
+        self.history = History(self.history.system_prompt, self.history.max_chars)  # this one keeps nothing
+        return parked
+
+    def _park(self) -> None:
+        resumes = self.services.resumes
+        if resumes is None or not self._greeted or self._handed_over.is_set():
+            return
+        resumes.gone(self.id)
+        if not self._ended_by_server():
+            resumes.park(self.id, self.resume_token, self._parked())
+
+    def _ended_by_server(self) -> bool:
+        """The server ended this conversation for a limit (idle, too long, abuse): it is not resumable.
+        (A client that stopped reading may be on a bad network: it may resume.)"""
+        ending = getattr(self.ws, "ending", None)  # set by GuardedSocket (app.py)
+        return ending is not None and ending.code != "send_timeout"
+
+    async def _receive(self) -> dict[str, Any]:
+        """The next message from the client, or a disconnect once another connection took over."""
+        receiving = asyncio.ensure_future(self.ws.receive())
+        handed_over = asyncio.ensure_future(self._handed_over.wait())
+        try:
+            await asyncio.wait({receiving, handed_over}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            handed_over.cancel()
+            if not receiving.done():
+                receiving.cancel()
+        if self._handed_over.is_set() or receiving.cancelled():
+            return {"type": "websocket.disconnect", "code": 1000}
+        return receiving.result()
 
     async def _receive_loop(self) -> None:
         while True:
-            message = await self.ws.receive()
+            message = await self._receive()
             if message["type"] == "websocket.disconnect":
                 raise WebSocketDisconnect(message.get("code", 1000))
             try:
                 if message.get("bytes") is not None:
                     frame = p.decode_audio_frame(message["bytes"], max_bytes=self.services.settings.max_frame_bytes)
-                    self._audio.accept(frame)
+                    if self._audio.accept(frame):
+                        await self._say_busy()
                     if self._echo_gate is not None:
                         self._echo_gate.arrived(len(frame.pcm))  # where playback was as this audio came in
                 elif message.get("text") is not None:
                     await self._handle(p.parse_client_message(message["text"]))
             except p.ProtocolError as error:
-                self._bad_messages += 1
+                if error.code not in NOT_STRIKES:
+                    self._bad_messages += 1
                 if self._bad_messages >= MAX_BAD_MESSAGES:
                     await self.send(p.Error(code=error.code, message="too many malformed messages; closing", fatal=True))
                     await self.ws.close(p.CLOSE_POLICY)
@@ -237,19 +341,29 @@ class Session:
 
     # --- audio in --------------------------------------------------------------------------------
 
+    async def _say_busy(self) -> None:
+        inbox = self._audio.inbox
+        log.info("session %s: the listener is %.1f s behind; silence is shed", self.id, inbox.backlog_s)
+        await self.send(p.Error(code="server_busy", message=BUSY_MESSAGE))
+
     async def _audio_loop(self) -> None:
+        """All audio waiting goes to the Listener in one piece; a turn decision never holds this up."""
         assert self.listener is not None
         while True:
-            frame = await self._audio.frames.get()
-            self.playback.uplink_playing = frame.client_playing
-            try:
-                events = await self.listener.feed(frame.pcm)
-            except ValueError as error:
-                await self._tell_mistake("bad_audio_header", str(error))
-                continue
-            for event in events:
+            await self.listener.walked_to(LISTENER_BACKLOG_S)  # a decision waiting long: the inbox sheds
+            pcm, playing = await self._audio.inbox.get()
+            self.playback.uplink_playing = playing
+            await self.listener.push(pcm)  # decoded frames are always int16 mono: no ValueError here
+
+    async def _speech_loop(self) -> None:
+        assert self.listener is not None
+        while True:
+            for event in await self.listener.next_events():
                 try:
                     await self._on_speech(event)
+                except WebSocketDisconnect as gone:  # an ordinary end: the receive loop ends the session
+                    log.info("session %s: the client left while its speech was answered (close code %s)", self.id, gone.code)
+                    return
                 except Exception:  # noqa: BLE001 - one bad event must not end the conversation
                     log.exception("session %s: speech event %s failed", self.id, event.type)
                     await self._tell_mistake("internal", "the server failed to handle your speech")

@@ -25,7 +25,7 @@ def test_oldest_turns_trimmed_first_by_the_char_budget() -> None:
     contents = [m["content"] for m in history.messages()[1:]]
     assert contents == ["question 4", "answer 4", "last one"]
     assert sum(map(len, contents)) <= 26
-    assert len(history.turns) == 11  # trimming changes what is sent, not what is kept
+    assert len(history.turns) == 3  # turns trimmed away are forgotten: memory holds the budget too
 
 
 def test_trimmed_history_starts_with_a_user_turn() -> None:

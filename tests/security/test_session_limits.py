@@ -215,3 +215,52 @@ async def test_stopped_reader_leaves_every_gauge_at_zero_and_no_traceback(server
     gauges = await stops_reading(server, fake_llm)
     assert gauges == dict.fromkeys(GAUGES, 0.0)
     assert "Traceback" not in server.log_tail(100000)
+
+
+async def test_a_dropped_connection_resumes_its_conversation(server, fake_llm) -> None:
+    """The network drops (no close frame); the page reconnects with its session id and resume token and
+    the conversation goes on: history, settings. A made-up token gets resume_failed and a fresh one."""
+    first = await hello(server.ws_url)
+    talking = asyncio.create_task(first.send_audio(silence(600.0)))  # a quiet user, not an idle one
+    try:
+        await first.send({"type": "set_settings", "settings": {"speed": 70, "temperature": 0.3}})
+        await first.wait_for("settings")
+        await first.send({"type": "text_message", "content": "My name is Ada."})
+        answer = await first.wait_for("final_assistant_answer", where=lambda m: m["content"] == REPLY, timeout=120)
+        await first.report_played(answer["turn_id"])  # all of it was heard before the drop
+        await first.wait_until(lambda: first.of_type("status")[-1]["state"] == "listening", timeout=60)
+        assert first.hello is not None and first.hello["resume_token"]
+        resume = {"session_id": first.hello["session_id"], "token": first.hello["resume_token"]}
+    finally:
+        talking.cancel()
+        first._ws.transport.abort()  # no close frame: as a network drop looks to the server
+        await asyncio.gather(talking, first._reader, return_exceptions=True)
+
+    second = await VoiceChatClient(server.ws_url).connect(send_hello=False)
+    talking = asyncio.create_task(second.send_audio(silence(600.0)))
+    try:
+        await second.send({"type": "hello", "protocol": 1, "sample_rate": 16000, "resume": resume})
+        greeting = await second.wait_for("hello", timeout=60)
+        assert greeting["resumed"] is True and greeting["session_id"] == resume["session_id"]
+        assert greeting["settings"]["speed"] == 70 and greeting["settings"]["temperature"] == 0.3
+        await second.send({"type": "text_message", "content": "What is my name?"})
+        await second.wait_for("final_assistant_answer", where=lambda m: m["content"] == REPLY, timeout=120)
+        sent = [(m["role"], m["content"]) for m in fake_llm.chat_requests()[-1].body["messages"][1:]]
+        assert sent == [("user", "My name is Ada."), ("assistant", REPLY), ("user", "What is my name?")]
+        assert not second.of_type("error")
+    finally:
+        talking.cancel()
+        await asyncio.gather(talking, return_exceptions=True)
+        await second.close()
+
+    stolen = await VoiceChatClient(server.ws_url).connect(send_hello=False)
+    try:
+        await stolen.send({"type": "hello", "protocol": 1, "sample_rate": 16000,
+                           "resume": {**resume, "token": "made-up-" + resume["token"][8:]}})
+        greeting = await stolen.wait_for("hello", timeout=60)
+        assert greeting["resumed"] is False and greeting["session_id"] != resume["session_id"]
+        assert (await stolen.wait_for("error", timeout=60))["code"] == "resume_failed"
+    finally:
+        await stolen.close()
+    assert await gauges_at_zero(server) == dict.fromkeys(GAUGES, 0.0)
+    assert "Traceback" not in server.log_tail(100000)

@@ -120,20 +120,43 @@ class FakeSocket:
 
 
 class ScriptedListener:
-    """Stands in for the speech Listener: each audio frame fed returns the next batch of cued events."""
+    """Stands in for the speech Listener: each piece of audio pushed releases the next batch of cued events."""
 
     def __init__(self) -> None:
         self.cued: list[list[SpeechEvent]] = []
-        self.frames = 0
+        self.frames = 0  # pieces of audio pushed
+        self.batches = 0  # batches of events cued so far
+        self.handled = 0  # batches the session has handled (it came back for more)
         self.resets = 0
         self.speed: int | None = None
         self.closed = False
         self.changes = Changes()
+        self._ready: list[list[SpeechEvent]] = []
+        self._handed = 0
+        self._arrived = asyncio.Event()
 
-    async def feed(self, pcm: np.ndarray) -> list[SpeechEvent]:
+    def cue(self, events: list[SpeechEvent]) -> None:
+        self.cued.append(events)
+        self.batches += 1
+
+    async def push(self, pcm: np.ndarray) -> None:
         self.frames += 1
+        if self.cued:
+            self._ready.append(self.cued.pop(0))
+            self._arrived.set()
         self.changes.notify()
-        return self.cued.pop(0) if self.cued else []
+
+    async def walked_to(self, backlog_s: float) -> None:
+        return  # every piece is walked at once
+
+    async def next_events(self) -> list[SpeechEvent]:
+        self.handled = self._handed  # the session is back: the batch handed before is handled
+        self.changes.notify()
+        while not self._ready:
+            self._arrived.clear()
+            await self._arrived.wait()
+        self._handed += 1
+        return self._ready.pop(0)
 
     def set_speed(self, speed: int) -> None:
         self.speed = speed
@@ -233,12 +256,10 @@ class Conversation:
 
     async def hear(self, *events: SpeechEvent, playing: bool = False) -> None:
         """The listener hears ``events`` in one audio frame; returns once the session has handled them."""
-        self.listener.cued.append(list(events))
-        frames = self.listener.frames + 2
-        frame = p.FRAME_HEADER.pack(0, p.FLAG_PLAYING if playing else 0) + b"\x00\x00" * 160
-        self.ws.client_sends(frame)
-        self.ws.client_sends(frame)  # the second is fed only once the first one's events are handled
-        await self.listener.changes.until(lambda: self.listener.frames >= frames)
+        self.listener.cue(list(events))
+        batch = self.listener.batches
+        self.ws.client_sends(p.FRAME_HEADER.pack(0, p.FLAG_PLAYING if playing else 0) + b"\x00\x00" * 160)
+        await self.listener.changes.until(lambda: self.listener.handled >= batch)
 
     def send(self, message: dict[str, Any] | str | bytes) -> None:
         self.ws.client_sends(message)

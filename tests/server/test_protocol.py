@@ -155,7 +155,7 @@ def test_every_server_message_encodes_to_its_documented_json() -> None:
     assert hello == {
         "type": "hello", "protocol": 1, "session_id": "abc", "input_sample_rate": 16000, "output_sample_rate": 24000,
         "settings": {"speed": 50, "voice": "default", "exaggeration": 0.5, "cfg_weight": 0.5, "temperature": 0.8},
-        "voices": ["default"],
+        "voices": ["default"], "resume_token": None, "resumed": False,
     }
     assert json.loads(p.encode(p.FinalAssistantAnswer(content="Hé", turn_id=3, interrupted=True))) == {
         "type": "final_assistant_answer", "content": "Hé", "turn_id": 3, "interrupted": True,

@@ -13,6 +13,8 @@ Policy (docs/llm.md):
   prompt explains the mark. An interruption before any word was heard records no assistant turn.
 - Two turns in a row from the same side (a reply that failed, a user who spoke twice) are merged into
   one, since many chat templates require user and assistant turns to alternate.
+- Turns trimmed away are forgotten (a turn once trimmed would always be), so a long conversation's
+  history stays within the budget in memory too.
 """
 
 from __future__ import annotations
@@ -68,6 +70,7 @@ class History:
             turn = Turn(turn.role, f"{last.text}\n{turn.text}", turn.interrupted)
             self._turns.pop()
         self._turns.append(_clipped(turn, self.max_chars))
+        del self._turns[: self._start()]
 
     def messages_with_user(self, text: str) -> list[dict[str, str]]:
         """The messages of a request answering ``text`` before it is recorded: as if it were added (merged
@@ -77,7 +80,8 @@ class History:
         probe.add_user(text)
         return probe.messages()
 
-    def _trimmed(self) -> list[Turn]:
+    def _start(self) -> int:
+        """Where the turns sent start: the oldest go until the rest fit, then up to a user turn."""
         turns = self._turns
         last_user = max((i for i, turn in enumerate(turns) if turn.role == "user"), default=len(turns))
         start = 0
@@ -87,7 +91,10 @@ class History:
             start += 1
         while start < last_user and turns[start].role != "user":
             start += 1
-        kept = list(turns[start:])
+        return start
+
+    def _trimmed(self) -> list[Turn]:
+        kept = self._turns[self._start() :]
         excess = sum(len(turn.text) for turn in kept) - self.max_chars
         for index, turn in enumerate(kept):
             if excess <= 0:

@@ -10,6 +10,11 @@ In a pause, once ``probe_s`` of silence has passed, Smart Turn and a candidate f
 start in the background. When both say "complete", ``turn_probably_complete`` carries the candidate
 text (the server may start the LLM on it), and ``turn_end`` follows at ``complete_wait_s`` of silence,
 reusing that transcript. A pause judged incomplete ends the turn only at ``max_wait_s``.
+
+Decisions never stand in the audio's way: :meth:`Listener.push` runs the VAD over new audio at once and
+queues its frames; the turn state machine walks them in a task of its own, which may wait for Smart Turn
+or Whisper while more audio is pushed (a server session uses push and :meth:`Listener.next_events`).
+:meth:`Listener.feed` is push, then waiting until the state machine has caught up.
 """
 
 from __future__ import annotations
@@ -156,6 +161,9 @@ class Listener:
         self._closed = False
         # Set by the server session: silences the assistant's own voice before the VAD hears it (echo.py).
         self.echo_gate: EchoGate | None = None
+        self._frames: deque[tuple[np.ndarray, float]] = deque()  # VAD done, waiting for the state machine
+        self._walker: asyncio.Task[None] | None = None  # walks self._frames; may wait for models
+        self._changed = asyncio.Event()  # set when events are ready or the walker has caught up
 
     # --- public -----------------------------------------------------------------------------------
 
@@ -166,21 +174,66 @@ class Listener:
         self._policy = TurnPolicy.for_speed(speed)
 
     async def feed(self, pcm: np.ndarray) -> list[SpeechEvent]:
-        """Process int16 mono PCM at the listener's sample rate; return the events it caused, in order."""
+        """Process int16 mono PCM at the listener's sample rate; return the events it caused, in order
+        (waiting for the models the decisions need)."""
+        await self.push(pcm)
+        while self._walker is not None:
+            self._changed.clear()
+            await self._changed.wait()
+        return self._take_ready()
+
+    async def push(self, pcm: np.ndarray) -> None:
+        """Hear int16 mono PCM without waiting for a turn decision: the VAD runs over it now, the state
+        machine walks it beside the caller, and its events come from :meth:`next_events`."""
         pcm = self._validate(pcm)
         async with self._lock:
             if self._closed:
                 raise ListenerClosed("this listener is closed")
-            events = self._take_ready()
             if len(pcm) == 0:
-                return events
+                return
             frames, probabilities = await asyncio.to_thread(self._vad_frames, pcm)
-            for frame, probability in zip(frames, probabilities):
-                caused = await self._on_frame(frame, float(probability))
-                # Partials that finished while this frame awaited a model came from earlier audio: first.
-                events.extend(self._take_ready())
-                events.extend(caused)
-            return events
+            if self._closed:
+                return
+            self._frames.extend(zip(frames, probabilities.tolist()))
+            if self._walker is None and self._frames:
+                self._walker = asyncio.create_task(self._walk(), name="listener-turns")
+
+    @property
+    def backlog_s(self) -> float:
+        """Seconds of audio the VAD has taken in that the turn state machine has not walked yet."""
+        return len(self._frames) * FRAME_S
+
+    async def walked_to(self, backlog_s: float) -> None:
+        """Wait until at most ``backlog_s`` of pushed audio is still to be walked (or the listener closes)."""
+        while self.backlog_s > backlog_s and not self._closed:
+            self._changed.clear()
+            await self._changed.wait()
+
+    async def next_events(self) -> list[SpeechEvent]:
+        """The events ready so far, in order; waits until there is at least one."""
+        while not self._ready:
+            if self._closed:
+                raise ListenerClosed("this listener is closed")
+            self._changed.clear()
+            await self._changed.wait()
+        return self._take_ready()
+
+    async def _walk(self) -> None:
+        """The state machine over every frame pushed, one at a time (it may wait for models)."""
+        try:
+            while self._frames and not self._closed:
+                frame, probability = self._frames.popleft()
+                try:
+                    caused = await self._on_frame(frame, probability)
+                    # Partials that finished while this frame awaited a model came from earlier audio: first.
+                    self._ready.extend(caused)  # (not bound before the await: _take_ready swaps the list)
+                except Exception:  # noqa: BLE001 - one failed decision must not deafen the conversation
+                    log.exception("listener: a turn decision failed; the turn is dropped")
+                    self.reset()
+                self._changed.set()
+        finally:
+            self._walker = None
+            self._changed.set()
 
     async def poll(self) -> list[SpeechEvent]:
         """Events finished in the background since the last call (partials, turn_probably_complete).
@@ -192,7 +245,7 @@ class Listener:
             if self._closed:
                 raise ListenerClosed("this listener is closed")
             events = self._take_ready()
-            if self._turn is not None and self._turn.pause is not None:
+            if self._walker is None and self._turn is not None and self._turn.pause is not None:
                 events.extend(self._announce_if_complete(self._turn))
             return events
 
@@ -207,6 +260,12 @@ class Listener:
     async def aclose(self) -> None:
         self._closed = True
         self.reset()
+        self._frames.clear()
+        walker = self._walker
+        if walker is not None:
+            walker.cancel()
+            await asyncio.gather(walker, return_exceptions=True)
+        self._changed.set()
 
     @property
     def time_s(self) -> float:
@@ -384,6 +443,7 @@ class Listener:
         if text and text != turn.last_partial:
             turn.last_partial = text
             self._ready.append(SpeechEvent("partial", requested_s, text=text, speech_s=speech_s))
+            self._changed.set()
 
     # --- helpers --------------------------------------------------------------------------------------
 

@@ -16,6 +16,7 @@ const TURN_FAILURES = {
 const NOTES = {
   stt_error: "Your speech could not be turned into text. Please say it again, or type it.",
   rate_limited: "The microphone sent audio faster than the server could take it. Turn the microphone off and on again.",
+  server_busy: "The server is running behind. What you say is kept and will be answered.",
 };
 
 const BANNERS = {
