@@ -237,8 +237,11 @@ async def test_malformed_input_gets_typed_errors_and_the_connection_survives(ser
         flood = FRAME_HEADER.pack(0, 0) + b"\x00\x00" * 16000  # one second of audio per frame
         for _ in range(40):
             await client.send(flood)
-        error = await client.wait_until(lambda: client.of_type("error")[count:] and client.of_type("error")[count])
-        assert error["code"] == "rate_limited"
+        # 40 s at once: the server first falls behind (server_busy, once), then refuses what is too far
+        # ahead of real time (rate_limited); neither closes the connection.
+        error = await client.wait_until(lambda: [e for e in client.of_type("error")[count:] if e["code"] == "rate_limited"])
+        assert {e["code"] for e in client.of_type("error")[count:]} <= {"server_busy", "rate_limited"}
+        assert error[0]["fatal"] is False
 
         await client.send({"type": "set_speed", "content": 70})
         settings = await client.wait_for("settings")
