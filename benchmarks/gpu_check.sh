@@ -6,6 +6,8 @@
 # $OUT/gpu_check.log (OUT defaults to /tmp/gpu_check_out).
 #
 #   benchmarks/gpu_check.sh                       # on the GPU machine (python3 with CUDA torch)
+#   benchmarks/gpu_check.sh --streams 1,2,4,8,12,16 --warm-streams 16 --sentences 3 --audio-s 4 \
+#       --raw-max 2 --s3gen-streams 8             # capacity: how many streams stay real time
 #   benchmarks/gpu_check.sh --device cpu --variant tiny --streams 1,2   # dry run here
 #
 # A machine without this project's Python packages gets them from wheels in ./.whl (installed with

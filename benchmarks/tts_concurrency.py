@@ -45,6 +45,7 @@ TEXTS = [
     "Good morning! It is a quarter past eight and the sky is clear today.",
 ]
 SAMPLE_RATE = 24_000
+ROW_TIMEOUT_S = 60.0
 
 
 # --- measuring -----------------------------------------------------------------------------------
@@ -146,7 +147,12 @@ def sync(device: str) -> None:
 # --- the raw side --------------------------------------------------------------------------------
 
 
-def run_raw(tts, count: int, params, audio_s: float, device: str) -> list[tuple[float, Stream, float]]:
+def text_of(index: int, sentences: int) -> str:
+    """Stream ``index``'s text: ``sentences`` consecutive sentences of TEXTS (one segment each)."""
+    return " ".join(TEXTS[(index + k) % len(TEXTS)] for k in range(sentences))
+
+
+def run_raw(tts, count: int, params, audio_s: float, device: str, sentences: int = 1) -> list[tuple[float, Stream, float]]:
     """``count`` streams, one after another, each through its own generate_stream calls (per sentence):
     (start offset, stream with arrivals relative to the run's start, end offset)."""
     import torch
@@ -159,7 +165,7 @@ def run_raw(tts, count: int, params, audio_s: float, device: str) -> list[tuple[
         for index in range(count):
             torch.manual_seed(1000 + index)
             stream, begin = Stream(), time.perf_counter() - started
-            for sentence in split_for_speech(TEXTS[index % len(TEXTS)]):
+            for sentence in split_for_speech(text_of(index, sentences)):
                 generator = tts.generate_stream(sentence, exaggeration=params.exaggeration,
                                                 cfg_weight=params.cfg_weight, temperature=params.temperature,
                                                 chunk_size=params.chunk_size, print_metrics=False)
@@ -184,12 +190,12 @@ def raw_row(runs: list[tuple[float, Stream, float]], count: int, rss_mb: float, 
 # --- the engine side -----------------------------------------------------------------------------
 
 
-async def run_engine(engine, count: int, base_params, audio_s: float) -> tuple[list[Stream], float]:
+async def run_engine(engine, count: int, base_params, audio_s: float, sentences: int = 1) -> tuple[list[Stream], float]:
     started = time.perf_counter()
 
     async def one(index: int) -> Stream:
         params = dataclasses.replace(base_params, seed=1000 + index)
-        stream, measured = engine.stream(TEXTS[index % len(TEXTS)], params), Stream()
+        stream, measured = engine.stream(text_of(index, sentences), params), Stream()
         async with stream:
             async for chunk in stream:
                 measured.add(time.perf_counter() - started, len(chunk))
@@ -197,12 +203,17 @@ async def run_engine(engine, count: int, base_params, audio_s: float) -> tuple[l
                     break
         return measured
 
-    streams = await asyncio.gather(*(one(index) for index in range(count)))
+    # A row that takes far longer than its audio is a hang, not a measurement: fail it (the report goes on).
+    streams = await asyncio.wait_for(asyncio.gather(*(one(index) for index in range(count))),
+                                     timeout=ROW_TIMEOUT_S + 20 * audio_s * sentences)
     return list(streams), time.perf_counter() - started
 
 
-def engine_rows(tts, settings, counts: list[int], audio_s: float, device: str) -> tuple[dict[int, Row], float]:
-    """Rows for each N on one engine (sharing the loaded model), and the engine's start-up time."""
+def engine_rows(tts, settings, counts: list[int], audio_s: float, device: str, sentences: int = 1,
+                warm_streams: int = 0) -> tuple[dict[int, Row], float]:
+    """Rows for each N on one engine (sharing the loaded model), and the engine's start-up time. With
+    ``warm_streams``, an unreported row of that many streams runs first (on CUDA it captures most
+    CUDA-graph shapes, which otherwise land inside the first rows)."""
     from voicechat.tts.engine import TTSEngine, TTSParams
 
     started = time.perf_counter()
@@ -213,13 +224,20 @@ def engine_rows(tts, settings, counts: list[int], audio_s: float, device: str) -
     try:
         engine.warm_up(params)
         start_s = time.perf_counter() - started
+        if warm_streams:
+            _, wall = loop.run_until_complete(run_engine(engine, warm_streams, params, audio_s, sentences))
+            print(f"  engine, warm-up row of {warm_streams} stream(s): {wall:.1f} s", file=sys.stderr, flush=True)
         for count in counts:
             with RssPeak(device.startswith("cuda")) as rss:
-                streams, wall = loop.run_until_complete(run_engine(engine, count, params, audio_s))
-            rows[count] = Row(streams, wall, rss.peak_mb, getattr(rss, "gpu_mb", None))
-            print(f"  engine, {count} stream(s): {wall:.1f} s", file=sys.stderr, flush=True)
+                streams, wall = loop.run_until_complete(run_engine(engine, count, params, audio_s, sentences))
+            row = rows[count] = Row(streams, wall, rss.peak_mb, getattr(rss, "gpu_mb", None))
+            print(f"  engine, {count} stream(s): {wall:.1f} s; TTFA p50 {row.ttfa(50):.3f} p95 {row.ttfa(95):.3f} s; "
+                  f"{row.throughput:.2f} s of audio per s ({row.throughput / count:.2f} per stream); "
+                  f"underruns {row.underruns}", file=sys.stderr, flush=True)
     finally:
-        engine.close()
+        closing = threading.Thread(target=engine.close, daemon=True)  # a hung engine must not hang the report
+        closing.start()
+        closing.join(timeout=30)
         loop.close()
     return rows, start_s
 
@@ -382,6 +400,12 @@ def main() -> int:
     parser.add_argument("--s3gen-streams", type=int, default=None,
                         help="streams of the S3Gen-alone batched row (default: the largest N)")
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (CPU)")
+    parser.add_argument("--sentences", type=int, default=1,
+                        help="sentences (segments) per stream's text: more measures sustained real time")
+    parser.add_argument("--raw-max", type=int, default=None,
+                        help="raw streams one after another (default: the largest N); rows above it have no old side")
+    parser.add_argument("--warm-streams", type=int, default=0,
+                        help="an unreported engine row of this many streams first (captures CUDA-graph shapes)")
     args = parser.parse_args()
     counts = sorted({int(n) for n in args.streams.split(",")})
 
@@ -415,9 +439,10 @@ def main() -> int:
         for _ in tts.generate_stream("Warming up.", chunk_size=args.chunk_size, print_metrics=False):
             break
     with RssPeak(cuda) as rss:
-        raw_runs = run_raw(tts, max(counts), params, args.audio_s, device)
-    raw = {n: raw_row(raw_runs, n, rss.peak_mb, getattr(rss, "gpu_mb", None)) for n in counts}
-    print(f"raw, {max(counts)} stream(s) one after another: {raw_runs[-1][2]:.1f} s; first audio at "
+        raw_runs = run_raw(tts, min(args.raw_max or max(counts), max(counts)), params, args.audio_s, device,
+                           args.sentences)
+    raw = {n: raw_row(raw_runs, n, rss.peak_mb, getattr(rss, "gpu_mb", None)) for n in counts if n <= len(raw_runs)}
+    print(f"raw, {len(raw_runs)} stream(s) one after another: {raw_runs[-1][2]:.1f} s; first audio at "
           + ", ".join(f"{stream.ttfa:.3f}" for _, stream, _ in raw_runs) + " s", flush=True)
 
     top = max(counts)
@@ -439,13 +464,15 @@ def main() -> int:
 
     # New engine: first chunk the size of the others, whole reference prompt (like for like); then the
     # first-chunk policy, one stream.
+    capacity = max(counts + [args.warm_streams])  # the engine's slots: every row's streams at once
     equal, _ = settings_for(checkpoint, device, args.chunk_size, tts_first_chunk_tokens=args.chunk_size,
-                            tts_first_chunk_ref_s=None)
-    new, engine_start_s = attempt("engine", engine_rows, tts, equal, counts, args.audio_s, device) or ({}, 0.0)
+                            tts_first_chunk_ref_s=None, tts_max_streams=capacity)
+    new, engine_start_s = attempt("engine", engine_rows, tts, equal, counts, args.audio_s, device, args.sentences,
+                                  args.warm_streams) or ({}, 0.0)
     policy, missing = settings_for(checkpoint, device, args.chunk_size, tts_first_chunk_tokens=args.first_chunk,
                                    tts_first_chunk_ref_s=args.first_ref_s)
-    policy_rows = (attempt("engine, first-chunk policy", engine_rows, tts, policy, [1], args.audio_s, device)
-                   or ({}, 0.0))[0]
+    policy_rows = (attempt("engine, first-chunk policy", engine_rows, tts, policy, [1], args.audio_s, device,
+                           args.sentences) or ({}, 0.0))[0]
 
     # --- report ---
     print()
@@ -453,32 +480,39 @@ def main() -> int:
           f"{f' ({gpu})' if gpu else ''}, chunk size {args.chunk_size}, {args.audio_s:g} s of audio per stream, "
           f"engine start-up {engine_start_s:.1f} s")
     header = (f"{'N':>2} | {'old TTFA p50':>12} {'p95':>7} | {'new TTFA p50':>12} {'p95':>7} | {'ratio p50':>9} "
-              f"{'p95':>5} | {'old audio/s':>11} {'new':>6} {'ratio':>6} | {'underruns old':>13} {'new':>4} | "
-              f"{'peak RSS MB old':>15} {'new':>6}" + (f" | {'peak GPU MB old':>15} {'new':>6}" if cuda else ""))
+              f"{'p95':>5} | {'old audio/s':>11} {'new':>6} {'ratio':>6} {'per stream':>10} | "
+              f"{'underruns old':>13} {'new':>4} | {'peak RSS MB old':>15} {'new':>6}"
+              + (f" | {'peak GPU MB old':>15} {'new':>6}" if cuda else ""))
     print(header)
     print("-" * len(header))
+
+    def cell(value: float | None, width: int, form: str) -> str:
+        return f"{'-':>{width}}" if value is None else f"{value:>{width}{form}}"
+
     for n in counts:
-        o, w = raw[n], new.get(n)
-        if w is None:
-            print(f"{n:>2} | {o.ttfa(50):>11.3f}s {o.ttfa(95):>6.3f}s | (engine failed) | {o.throughput:>11.3f} | "
-                  f"{o.underruns:>13}")
-            continue
-        line = (f"{n:>2} | {o.ttfa(50):>11.3f}s {o.ttfa(95):>6.3f}s | {w.ttfa(50):>11.3f}s {w.ttfa(95):>6.3f}s | "
-                f"{w.ttfa(50) / o.ttfa(50):>9.3f} {w.ttfa(95) / o.ttfa(95):>5.3f} | {o.throughput:>11.3f} "
-                f"{w.throughput:>6.3f} {w.throughput / o.throughput:>6.2f} | {o.underruns:>13} {w.underruns:>4} | "
-                f"{o.rss_mb:>15.0f} {w.rss_mb:>6.0f}")
+        o, w = raw.get(n), new.get(n)
+        ratio = (lambda a, b: None if a is None or b is None else a / b)
+        line = (f"{n:>2} | {cell(o and o.ttfa(50), 11, '.3f')}s {cell(o and o.ttfa(95), 6, '.3f')}s | "
+                f"{cell(w and w.ttfa(50), 11, '.3f')}s {cell(w and w.ttfa(95), 6, '.3f')}s | "
+                f"{cell(ratio(w and w.ttfa(50), o and o.ttfa(50)), 9, '.3f')} "
+                f"{cell(ratio(w and w.ttfa(95), o and o.ttfa(95)), 5, '.3f')} | "
+                f"{cell(o and o.throughput, 11, '.3f')} {cell(w and w.throughput, 6, '.3f')} "
+                f"{cell(ratio(w and w.throughput, o and o.throughput), 6, '.2f')} "
+                f"{cell(w and w.throughput / n, 10, '.2f')} | "
+                f"{cell(o and o.underruns, 13, 'd')} {cell(w and w.underruns, 4, 'd')} | "
+                f"{cell(o and o.rss_mb, 15, '.0f')} {cell(w and w.rss_mb, 6, '.0f')}")
         if cuda:
-            line += f" | {o.gpu_mb:>15.0f} {w.gpu_mb:>6.0f}"
-        print(line)
+            line += f" | {cell(o and o.gpu_mb, 15, '.0f')} {cell(w and w.gpu_mb, 6, '.0f')}"
+        print(line + ("" if w is not None else "  (engine failed)"))
     print("old: raw generate_stream, the N streams one after another (all asked for at time 0); new: our engine,")
     print("N streams at once. audio/s: seconds of audio delivered per second of wall time, all streams together.")
     print()
     print("CPU-floor rows (issue 12):")
-    one_old, one_new = raw[counts[0]], new.get(counts[0])
-    if one_new is not None:
+    one_old, one_new = raw.get(counts[0]), new.get(counts[0])
+    if one_new is not None and one_old is not None:
         print(f"  {counts[0]} stream: TTFA new/old, equal chunk size: {one_new.ttfa(50) / one_old.ttfa(50):.3f} "
               f"(floor <= 0.95; old {one_old.ttfa(50):.3f} s, new {one_new.ttfa(50):.3f} s)")
-    if 1 in policy_rows:
+    if 1 in policy_rows and one_old is not None:
         note = f" (settings not in this config, left out: {', '.join(missing)})" if missing else ""
         print(f"  1 stream: TTFA new/old, first-chunk policy ({args.first_chunk} tokens, {args.first_ref_s:g} s "
               f"prompt): {policy_rows[1].ttfa(50) / one_old.ttfa(50):.3f} (floor <= 0.6; new "
@@ -488,10 +522,13 @@ def main() -> int:
               f"{t3[0]:.1f} vs {t3[1]:.1f} tokens/s, decode steps only)")
     else:
         print(f"  {top} streams: T3 tokens/s batched vs one by one: n/a")
-    if top in new:
+    if top in new and top in raw:
         print(f"  {top} streams: aggregate audio throughput new/old: "
               f"{new[top].throughput / raw[top].throughput:.2f}x (floor >= 1.6)")
-    print(f"  raw first chunk (one stream, generate_stream): {one_old.ttfa(50) * 1000:.0f} ms")
+    if 1 in policy_rows:
+        print(f"  1 stream, first-chunk policy: first audio {policy_rows[1].ttfa(50) * 1000:.0f} ms")
+    if one_old is not None:
+        print(f"  raw first chunk (one stream, generate_stream): {one_old.ttfa(50) * 1000:.0f} ms")
     return 0
 
 

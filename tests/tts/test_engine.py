@@ -245,6 +245,58 @@ async def test_close_ends_running_streams(chatterbox, tiny_checkpoint: Path, voi
     with pytest.raises(TTSError, match="shut down"):
         other.stream(TEXT, TTSParams())
     other.close()  # idempotent
+    assert [thread.name for thread in other._threads] == ["tts-owner", "tts-render-first", "tts-render-steady"]
+    assert not any(thread.is_alive() for thread in other._threads), "no thread outlives close()"
+
+
+async def test_decoding_and_first_chunks_go_on_while_a_steady_chunk_renders(
+        chatterbox, tiny_checkpoint: Path, voices_dir: Path) -> None:
+    """S3Gen renders on lanes of their own: with the steady lane held inside a render, T3 keeps decoding
+    the held stream, and a newcomer's first chunk (the "first" lane) still arrives."""
+    import threading
+
+    other = TTSEngine(chatterbox, tts_settings(tiny_checkpoint, voices_dir))
+    steady = next(lane for lane in other._lanes if not lane.first)
+    inside, release = threading.Event(), threading.Event()
+    real = steady.renderer.render
+
+    def held(requests):
+        inside.set()
+        release.wait(timeout=120)
+        return real(requests)
+
+    steady.renderer.render = held
+    try:
+        first = other.stream(TEXT, TTSParams(seed=1, chunk_size=5))
+        await anext(first)  # its first chunk, from the first lane
+        await asyncio.to_thread(inside.wait, 120)  # its second chunk is now held in the steady lane
+        segment = first._job.segment
+        decoded = len(segment.speech)
+        newcomer = other.stream(TEXT, TTSParams(seed=2))
+        assert len(await anext(newcomer)) > 0, "a first chunk does not wait for another stream's steady chunk"
+        assert len(segment.speech) > decoded or segment.finished, "T3 went on decoding during the render"
+        assert inside.is_set() and not release.is_set()
+        release.set()
+        assert len(await collect(first)) > 0 and len(await collect(newcomer)) > 0
+    finally:
+        release.set()
+        await asyncio.to_thread(other.close)
+    assert not any(thread.is_alive() for thread in other._threads)
+
+
+async def test_a_render_failure_ends_its_streams_only(engine: TTSEngine, monkeypatch: pytest.MonkeyPatch) -> None:
+    first_lane = next(lane for lane in engine._lanes if lane.first)
+
+    def failing(requests):
+        raise RuntimeError("simulated render failure")
+
+    monkeypatch.setattr(first_lane.renderer, "render", failing)
+    with pytest.raises(TTSError, match="speech generation failed: simulated render failure"):
+        await collect(engine.stream(TEXT, TTSParams(seed=1)))
+    monkeypatch.undo()
+    await wait_until(lambda: engine._decoder.active == [])  # the owner freed its decoder slot
+    assert engine.active_streams == 0
+    assert len(await collect(engine.stream(TEXT, TTSParams(seed=1)))) > 0
 
 
 def test_load_detects_device_warms_up_and_logs(tiny_checkpoint: Path, voices_dir: Path, alice_wav: Path,

@@ -94,6 +94,43 @@ def test_padding_to_a_frame_bucket_is_exact(renderer: Renderer, chatterbox, refs
     np.testing.assert_allclose(padded, plain, rtol=0, atol=1e-5)
 
 
+class _EagerGraph:
+    """A stand-in for a captured CUDA graph on CPU: replay runs the solve on the static buffers."""
+
+    def __init__(self, renderer: Renderer, static: list[torch.Tensor], output: torch.Tensor):
+        self.renderer, self.static, self.output = renderer, static, output
+
+    def replay(self) -> None:
+        self.output.copy_(self.renderer._solve(*self.static))
+
+
+def test_graph_path_pads_batches_and_warms_its_shapes(chatterbox, refs: list[dict], renderer: Renderer,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """The graph path's logic on CPU (capture replaced by an eager stand-in): batches are padded to 1, 2,
+    4, 8... rows and the padding rows are dropped (3 streams = one by one); warm_graphs captures the
+    shapes of a segment's chunks at each batch size."""
+    from voicechat.tts import render
+
+    def capture(self, inputs):
+        static = [tensor.clone() for tensor in inputs]
+        output = self._renderer._solve(*static)
+        return _EagerGraph(self._renderer, static, output), static, output
+
+    monkeypatch.setattr(render._SolveGraphs, "_capture", capture)
+    graphed = Renderer(chatterbox, frame_bucket=32)
+    graphed._graphs = render._SolveGraphs(graphed)
+    graphed.warm_graphs(refs[0], [10, 25], batches=[1, 2, 4])
+    shapes = set(graphed._graphs._graphs)
+    assert {key[0][0] for key in shapes} == {1, 2, 4}, "one set of shapes per batch size"
+    streams = [(speech_tokens(35, seed=2), refs[0], 11), (speech_tokens(35, seed=3), refs[0], 12),
+               (speech_tokens(35, seed=4), refs[0], 13)]
+    together = speak_together(graphed, streams, chunk=10)  # 3 rows, padded to 4
+    for (tokens, ref, seed), batched in zip(streams, together):
+        alone = np.concatenate(speak(renderer, tokens, ref, chunk=10, seed=seed))
+        np.testing.assert_allclose(batched, alone, rtol=0, atol=1e-5)
+    assert {key[0][0] for key in graphed._graphs._graphs} <= {1, 2, 4}
+
+
 def test_seed_makes_a_stream_reproducible(renderer: Renderer, refs: list[dict]) -> None:
     tokens = speech_tokens(60, seed=5)
     first = np.concatenate(speak(renderer, tokens, refs[0], chunk=25, seed=3))

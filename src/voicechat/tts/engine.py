@@ -1,19 +1,23 @@
 """The Chatterbox text-to-speech engine shared by every conversation of the process.
 
-One owner thread runs the model; nothing else touches it. Each request is a stream: its text is split
-into sentences (segments: Chatterbox's T3 never decodes more than 1000 tokens, 40 s, per segment). The
-owner thread runs one continuous-batching loop (see ``TTSEngine._owner_loop``):
+Three threads run the model; nothing else touches it. Each request is a stream: its text is split into
+sentences (segments: Chatterbox's T3 never decodes more than 1000 tokens, 40 s, per segment).
 
-- every stream decoding a segment holds a slot of the batched T3 decoder (t3_decoder.py); each loop turn
-  samples one token for every slot and runs ONE forward pass for all of them; streams join (prefill)
-  and leave (stop token, 1000-token cap, cancel) between turns; who gets a free slot first is decided
-  earliest deadline first (scheduler.py), so a new stream's first chunk comes first;
-- when streams have a chunk's worth of new tokens (``tts_first_chunk_tokens`` for a stream's first chunk,
-  then ``chunk_size``), their chunks are rendered together in one batched S3Gen call (render.py) and
-  handed to each stream's asyncio consumer with ``loop.call_soon_threadsafe``; a stream whose consumer
-  has not taken its last ``MAX_PENDING_CHUNKS`` chunks is not rendered further nor given a new segment;
-- every stream samples from its own generators (seeded per segment), so a stream sounds the same alone
-  or beside others; voice conditionals are computed once per (voice, exaggeration) and cached.
+- The owner thread runs T3's continuous-batching loop (``TTSEngine._turn``): every stream decoding a
+  segment holds a slot of the batched T3 decoder (t3_decoder.py); each turn samples one token for every
+  slot, publishes it to the render lanes and runs ONE forward pass for all of them; streams join
+  (prefill) and leave (stop token, 1000-token cap, cancel) between turns; who gets a free slot first is
+  decided earliest deadline first (scheduler.py).
+- Two render lanes (``TTSEngine._render_loop``), each a thread with its own Renderer (render.py) and,
+  on CUDA, its own CUDA stream, render while T3 decodes: each takes every chunk ready for it
+  (``tts_first_chunk_tokens`` for a stream's first chunk, then ``chunk_size``), renders them in one
+  batched S3Gen call and hands them to each stream's asyncio consumer with ``loop.call_soon_threadsafe``.
+  The "first" lane takes the chunks of streams whose listener has heard nothing yet, so first chunks
+  never wait behind other streams' steady chunks; the "steady" lane the rest. A stream whose consumer
+  has not taken its last ``MAX_PENDING_CHUNKS`` chunks is not rendered further nor given a new segment.
+- Chunk boundaries depend on the tokens only (``_ready_chunks``), never on timing, and every stream
+  samples from its own generators (seeded per segment), so a stream sounds the same alone, again, or
+  beside others; voice conditionals are computed once per (voice, exaggeration) and cached.
 
 The engine refuses streams beyond ``max_streams`` (``tts_max_streams``) with EngineFullError.
 """
@@ -33,7 +37,8 @@ import time
 import weakref
 from collections import OrderedDict, deque
 from collections.abc import Callable
-from dataclasses import dataclass, fields, replace
+from contextlib import nullcontext
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -45,11 +50,13 @@ from voicechat.audio import AudioFormatError, float32_to_int16, read_audio, writ
 from voicechat.protocol import is_voice_name
 from voicechat.tts.scheduler import Job, next_job
 from voicechat.tts.segmenter import Segmenter
+from voicechat.tts.t3_decoder import SPEECH_VOCAB
 
 if TYPE_CHECKING:
     from chatterbox.tts import ChatterboxTTS, Conditionals
 
     from voicechat.config import Settings
+    from voicechat.tts.render import Renderer
     from voicechat.tts.t3_decoder import Decoding
 
 logger = logging.getLogger(__name__)
@@ -294,18 +301,30 @@ class TTSStream:
 
 @dataclass(eq=False)
 class _Segment:
-    """The owner thread's state of one stream's current segment: decoding, then rendering."""
+    """One stream's current segment: decoded by the owner thread, rendered by a render lane.
+
+    The owner thread publishes each step's speech token into ``speech`` (and ``finished``) under the
+    engine's lock; the lanes read only what is published. ``decoding`` is the owner's alone."""
 
     conds: Conditionals
     seed: int
-    decoding: Decoding | None = None  # None once T3 has finished (the slot is free again)
-    final_tokens: list[int] | None = None  # the speech tokens, once T3 has finished
-    rendered: int = 0  # speech tokens handed to the renderer so far
-    render_state: Any = None
+    decoding: Decoding | None = None  # the owner's decoder slot; None once T3 has finished (or left)
+    speech: list[int] = field(default_factory=list)  # published speech tokens (under the lock)
+    finished: bool = False  # T3 is done with this segment (published under the lock)
+    finished_on_speech: bool = False  # ... and its last token was speech (the 1000-token cap), not the stop token
+    rendered: int = 0  # speech tokens rendered so far (under the lock)
+    rendering: bool = False  # a chunk of this segment is in a lane now (under the lock)
+    render_state: Any = None  # the renderer's carried state (the lane rendering the segment's chunk)
 
-    @property
-    def tokens(self) -> list[int]:
-        return self.decoding.speech if self.decoding is not None else self.final_tokens
+
+@dataclass(eq=False)
+class _Lane:
+    """A render lane: a thread with its own Renderer; ``first`` lanes take the chunks of streams whose
+    listener has heard nothing yet, the others the rest."""
+
+    name: str
+    renderer: Renderer
+    first: bool
 
 
 class _FirstChunk:
@@ -348,8 +367,12 @@ class TTSEngine:
         self.max_streams: int = settings.tts_max_streams or DEFAULT_MAX_STREAMS.get(kind, 4)
         self._decoder = T3Decoder(tts.t3, slots=self.max_streams, bf16=settings.tts_bf16,
                                   cuda_graphs=settings.tts_cuda_graphs)
-        self._renderer = Renderer(tts, first_chunk_ref_s=settings.tts_first_chunk_ref_s,
-                                  cuda_graphs=settings.tts_cuda_graphs)
+        # Two render lanes, each a thread with its own Renderer (graph cache) and, on CUDA, its own CUDA
+        # stream, so S3Gen runs while T3 decodes: "first" renders the chunks of streams whose listener
+        # still hears silence (never queued behind other streams' steady chunks), "steady" the rest.
+        self._lanes = [_Lane(name, Renderer(tts, first_chunk_ref_s=settings.tts_first_chunk_ref_s,
+                                            cuda_graphs=settings.tts_cuda_graphs), first=(name == "first"))
+                       for name in ("first", "steady")]
         self._lock = threading.Condition()
         self._jobs: list[Job] = []
         self._dropped: list[Job] = []
@@ -364,8 +387,13 @@ class TTSEngine:
             self._voice_conds[DEFAULT_VOICE] = tts.conds
         elif not self._default_voice_file.is_file():
             raise VoiceError(f"the default voice file {self._default_voice_file} does not exist")
+        self._slots: list[tuple[Job, _Segment]] = []  # owner thread only: the jobs holding a decoder slot
         self._owner = threading.Thread(target=self._owner_loop, name="tts-owner", daemon=True)
-        self._owner.start()
+        self._threads = [self._owner] + [
+            threading.Thread(target=self._render_loop, args=(lane,), name=f"tts-render-{lane.name}", daemon=True)
+            for lane in self._lanes]
+        for thread in self._threads:
+            thread.start()
 
     @classmethod
     def load(cls, settings: Settings) -> TTSEngine:
@@ -402,10 +430,19 @@ class TTSEngine:
         return engine
 
     def warm_up(self, params: TTSParams) -> None:
-        """Speak a short sentence in the default voice up to its first chunk and discard it (blocking;
-        not from the event loop), so that the first real request pays for no lazy initialisation, no
-        CUDA-graph capture and no voice preparation."""
+        """Capture the CUDA graphs (T3 steps; the render lanes' flow solves for the default voice's usual
+        shapes), then speak a short sentence in the default voice up to its first chunk and discard it
+        (blocking; not from the event loop; before the first stream), so that the first real request
+        pays for no lazy initialisation, no CUDA-graph capture and no voice preparation."""
         self._on_owner(self._decoder.warm_graphs)
+        # The render lanes' flow graphs for the default voice's usual shapes (CUDA only; the lanes are
+        # idle before the first stream, so their renderers may be used from here).
+        conds = self._on_owner(lambda: self._conditionals(DEFAULT_VOICE, params.exaggeration))
+        batches = [1 << k for k in range((self.max_streams - 1).bit_length() + 1)]
+        first = min(params.chunk_size, self._first_chunk_tokens)
+        for lane in self._lanes:
+            sizes = [first] if lane.first else [first] + [params.chunk_size] * 4
+            lane.renderer.warm_graphs(conds.gen, sizes, batches)
         inbox = _FirstChunk()
         job = self._submit(deque(["Hello, this is a warm-up."]), replace(params, voice=DEFAULT_VOICE), inbox, 0)
         try:
@@ -484,12 +521,14 @@ class TTSEngine:
         return self._device
 
     def close(self) -> None:
-        """Stop the owner thread; streams still running end with TTSError. Idempotent."""
+        """Stop the owner thread and the render lanes; streams still running end with TTSError.
+        Idempotent; returns when the threads have ended (unless called from one of them)."""
         with self._lock:
             self._closing = True
-            self._lock.notify()
-        if threading.current_thread() is not self._owner:
-            self._owner.join(timeout=120)
+            self._lock.notify_all()
+        for thread in self._threads:
+            if thread is not threading.current_thread():
+                thread.join(timeout=120)
 
     def _submit(self, segments: deque[str], params: TTSParams, inbox: Any, seed: int) -> Job:
         job = Job(segments=segments, params=params, inbox=inbox, seed=seed)
@@ -499,7 +538,7 @@ class TTSEngine:
             if len(self._jobs) >= self.max_streams:
                 raise EngineFullError(f"the speech engine is busy with {self.max_streams} streams; try again shortly")
             self._jobs.append(job)
-            self._lock.notify()
+            self._lock.notify_all()
         return job
 
     # --- Consumer callbacks (event loop) ----------------------------------------------------------
@@ -507,7 +546,7 @@ class TTSEngine:
     def _taken(self, job: Job) -> None:
         with self._lock:
             job.pending -= 1
-            self._lock.notify()
+            self._lock.notify_all()
 
     def _cancel(self, job: Job) -> None:
         with self._lock:
@@ -515,9 +554,9 @@ class TTSEngine:
                 self._jobs.remove(job)
                 job.cancelled = True
                 self._dropped.append(job)
-                self._lock.notify()
+                self._lock.notify_all()
 
-    # --- Owner thread -------------------------------------------------------------------------
+    # --- Owner thread: T3 -----------------------------------------------------------------------
 
     def _on_owner(self, function: Callable[[], Any]) -> Any:
         """Run ``function`` on the owner thread between two decode steps, and wait for it."""
@@ -526,15 +565,14 @@ class TTSEngine:
             if self._closing:
                 raise TTSError("the speech engine is shut down")
             self._calls.append((function, future))
-            self._lock.notify()
+            self._lock.notify_all()
         return future.result()
 
     def _owner_loop(self) -> None:
         with torch.inference_mode():
             while True:
                 with self._lock:
-                    while not (self._closing or self._calls or self._dropped or self._decoder.active
-                               or self._renderable() or self._joinable()):
+                    while not (self._closing or self._calls or self._dropped or self._slots or self._joinable()):
                         self._lock.wait()
                     if self._closing:
                         break
@@ -553,27 +591,35 @@ class TTSEngine:
             self._shut_down()
 
     def _turn(self) -> None:
-        """One turn of the loop: admit joiners into free slots, sample one token for every slot, render
-        the chunks that are ready, then one batched forward pass."""
+        """One turn of the owner: admit a joiner into a free slot, sample one token for every slot and
+        publish it to the render lanes, then one batched forward pass. Rendering runs meanwhile, on the
+        lanes."""
         decoder = self._decoder
         with self._lock:  # one prefill per turn (it stalls the others): the most urgent joiner's
             job = next_job(self._joinable())
         if job is not None:
             self._start_segment(job)
-        if decoder.active:
-            try:
-                decoder.sample()
-            except Exception as error:
-                self._fail_decoding(error)
-                return
-            for job in self._decoding_jobs():
-                if job.segment.decoding.done:
-                    self._finish_decoding(job)
+        if not self._slots:
+            return
+        try:
+            decoder.sample()
+        except Exception as error:
+            self._fail_decoding(error)
+            return
+        finished = []
         with self._lock:
-            ready = self._renderable()
-        if ready:
-            self._render(ready)
-        if decoder.active:
+            for job, segment in self._slots:
+                token = segment.decoding.tokens[-1]
+                if token < SPEECH_VOCAB:
+                    segment.speech.append(token)
+                if segment.decoding.done:
+                    segment.finished, segment.finished_on_speech = True, token < SPEECH_VOCAB
+                    finished.append((job, segment))
+            self._lock.notify_all()  # the lanes look for chunks that are ready now
+        for job, segment in finished:
+            job.tokens += segment.speech
+            self._leave(job)
+        if self._slots:
             try:
                 decoder.forward()
             except Exception as error:
@@ -581,29 +627,9 @@ class TTSEngine:
 
     def _joinable(self) -> list[Job]:
         """Jobs (under the lock) that wait for a slot to decode their next segment."""
-        if len(self._decoder.active) >= self._decoder.slots:
+        if len(self._slots) >= self._decoder.slots:
             return []
         return [job for job in self._jobs if job.segment is None and job.segments and job.runnable]
-
-    def _renderable(self) -> list[Job]:
-        """Jobs (under the lock) with a chunk ready to render whose consumer has room for it."""
-        ready = []
-        for job in self._jobs:
-            segment = job.segment
-            if segment is None or not job.runnable:
-                continue
-            new = len(segment.tokens) - segment.rendered
-            size = job.params.chunk_size if job.first_handover is not None else \
-                min(job.params.chunk_size, self._first_chunk_tokens)
-            if segment.decoding is None or new >= size:
-                ready.append(job)
-        return ready
-
-    def _decoding_jobs(self) -> list[Job]:
-        """Jobs holding a decoder slot, cancelled ones included (their slot is freed at the next turn)."""
-        with self._lock:
-            return [job for job in self._jobs + self._dropped
-                    if job.segment is not None and job.segment.decoding is not None]
 
     def _start_segment(self, job: Job) -> None:
         """Prefill ``job``'s next segment into a free slot; a failure ends that job only."""
@@ -625,59 +651,120 @@ class TTSEngine:
         except Exception as error:
             self._end(job, _as_tts_error(error))
             return
-        job.segment, job.segment_index = segment, job.segment_index + 1
+        self._slots.append((job, segment))
+        with self._lock:
+            job.segment, job.segment_index = segment, job.segment_index + 1
 
-    def _finish_decoding(self, job: Job) -> None:
-        segment = job.segment
-        segment.final_tokens = segment.decoding.speech
-        job.tokens += segment.final_tokens
-        self._decoder.leave(segment.decoding)
-        segment.decoding = None
+    def _leave(self, job: Job) -> _Segment | None:
+        """Free ``job``'s decoder slot, if it holds one (owner thread)."""
+        for entry in self._slots:
+            if entry[0] is job:
+                self._slots.remove(entry)
+                segment = entry[1]
+                self._decoder.leave(segment.decoding)
+                segment.decoding = None
+                return segment
+        return None
 
     def _fail_decoding(self, error: Exception) -> None:
         """A batched step failed: every stream in the batch ends with the error."""
-        for job in self._decoding_jobs():
-            self._decoder.leave(job.segment.decoding)
-            job.segment = None
+        for job, _ in list(self._slots):
+            self._release(job)
             self._end(job, _as_tts_error(error))
 
-    def _render(self, jobs: list[Job]) -> None:
-        """Render the ready chunks of ``jobs`` in one batch and hand each to its consumer."""
+    def _release(self, job: Job) -> None:
+        """Free what a job holds (owner thread): its decoder slot, and its segment for the lanes."""
+        self._leave(job)
+        with self._lock:
+            job.segment = None
+
+    # --- Render lanes: S3Gen ----------------------------------------------------------------------
+
+    def _render_loop(self, lane: _Lane) -> None:
+        """A lane's thread: render the chunks that are ready for it, all in one batched call, hand them
+        over, and again. On CUDA it runs on its own CUDA stream, beside the owner's T3 steps."""
+        # From torch's high-priority stream pool: the (normal-priority) streams that graph captures take
+        # from the pool can then never be a lane's own stream, whose work would land in the capture.
+        on_cuda = torch.device(self._device).type == "cuda"
+        stream = torch.cuda.Stream(device=self._device, priority=-1) if on_cuda else None
+        with torch.inference_mode(), (torch.cuda.stream(stream) if stream is not None else nullcontext()):
+            while True:
+                with self._lock:
+                    while not (self._closing or (chunks := self._ready_chunks(lane))):
+                        self._lock.wait()
+                    if self._closing:
+                        break
+                    for _, segment, _, _ in chunks:
+                        segment.rendering = True
+                self._render(lane, chunks)
+
+    def _ready_chunks(self, lane: _Lane) -> list[tuple[Job, _Segment, int, bool]]:
+        """(job, segment, end, last) of every chunk this lane may render now (under the lock).
+
+        A chunk is ``[rendered, end)`` of the segment's speech tokens: ``tts_first_chunk_tokens`` for a
+        stream whose listener has heard nothing yet, then ``chunk_size``; a segment's last chunk holds
+        what remains. Chunk boundaries depend only on the tokens, never on timing, so a stream renders
+        the same chunks however busy the lanes are: a full chunk is the segment's last only if T3
+        ended on that very token (the 1000-token cap); after a stop token right at a chunk boundary
+        the last chunk is empty (it flushes the held-back tail)."""
+        chunks = []
+        for job in self._jobs:
+            segment = job.segment
+            if segment is None or segment.rendering or not job.runnable or (job.first_handover is None) != lane.first:
+                continue
+            size = job.params.chunk_size if job.first_handover is not None else \
+                min(job.params.chunk_size, self._first_chunk_tokens)
+            start, published = segment.rendered, len(segment.speech)
+            full = published - start >= size
+            if full and not (segment.finished and published - start == size and segment.finished_on_speech):
+                chunks.append((job, segment, start + size, False))
+            elif segment.finished:
+                chunks.append((job, segment, published, True))
+        return chunks
+
+    def _render(self, lane: _Lane, chunks: list[tuple[Job, _Segment, int, bool]]) -> None:
+        """Render ``chunks`` in one batch on ``lane`` and hand each to its consumer."""
         from voicechat.tts.render import RenderRequest
 
         requests, rendering = [], []
-        for job in jobs:
-            segment = job.segment
-            tokens = segment.tokens
-            last = segment.decoding is None
-            if last and not tokens:  # T3 stopped at once: nothing to say in this segment
-                self._segment_done(job)
+        for job, segment, end, last in chunks:
+            if last and end == 0:  # T3 stopped at once: nothing to say in this segment
+                self._rendered(job, segment, end, last, None)
                 continue
+            with self._lock:
+                tokens = segment.speech[:end]
             requests.append(RenderRequest(
                 tokens=torch.tensor(tokens, dtype=torch.long, device=self._device), start=segment.rendered,
                 ref=segment.conds.gen, last=last, state=segment.render_state, seed=segment.seed))
-            rendering.append(job)
+            rendering.append((job, segment, end, last))
         if not requests:
             return
         try:
-            results = self._renderer.render(requests)
+            results = lane.renderer.render(requests)
         except Exception as error:
-            for job in rendering:
-                self._release(job)
+            for job, segment, _, _ in rendering:
                 self._end(job, _as_tts_error(error))
+                with self._lock:
+                    segment.rendering = False
+                    self._dropped.append(job)  # the owner frees its decoder slot
+                    self._lock.notify_all()
             return
-        for job, request, (audio, state) in zip(rendering, requests, results):
-            segment = job.segment
-            segment.render_state, segment.rendered = state, len(request.tokens)
+        for (job, segment, end, last), (audio, state) in zip(rendering, results):
+            segment.render_state = state
             if len(audio):
                 self._hand_over(job, float32_to_int16(audio))
-            if request.last:
-                self._segment_done(job)
+            self._rendered(job, segment, end, last, state)
 
-    def _segment_done(self, job: Job) -> None:
-        job.segment = None
-        if not job.segments:
-            self._end(job, None)
+    def _rendered(self, job: Job, segment: _Segment, end: int, last: bool, state: Any) -> None:
+        """A chunk is out: the segment may render its next chunk; after its last, the job its next
+        segment (or it ends)."""
+        with self._lock:
+            segment.rendered, segment.rendering = end, False
+            if last and job.segment is segment:
+                job.segment = None
+                if not job.segments:
+                    self._end(job, None)
+            self._lock.notify_all()
 
     def _hand_over(self, job: Job, chunk: np.ndarray) -> None:
         with self._lock:
@@ -689,23 +776,19 @@ class TTSEngine:
         except RuntimeError:  # the consumer's event loop is closed: nobody is listening
             self._cancel(job)
 
-    def _release(self, job: Job) -> None:
-        """Free what a job holds on the owner thread (its decoder slot)."""
-        segment, job.segment = job.segment, None
-        if segment is not None and segment.decoding is not None:
-            self._decoder.leave(segment.decoding)
-
     def _end(self, job: Job, error: TTSError | None) -> None:
         with self._lock:
             if job.cancelled or job not in self._jobs:
                 return
             self._jobs.remove(job)
+            self._lock.notify_all()
         try:
             job.inbox.post_end(error)
         except RuntimeError:
             pass
 
     def _shut_down(self) -> None:
+        """The owner's last act (the lanes stop on their own): free every slot, end every stream."""
         with self._lock:
             jobs, self._jobs = self._jobs + self._dropped, []
             calls, self._calls = list(self._calls), deque()

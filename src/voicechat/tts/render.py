@@ -40,7 +40,7 @@ tokens' duration the first time; the held audio comes with the next chunk (or th
 On CUDA, ``cuda_graphs=True`` captures the whole 10-step flow solve as one CUDA graph per (batch size,
 frame bucket) shape: the estimator is ~1,000 small kernels per step, so launch overhead, not arithmetic,
 bounds it there. Batches are padded to a multiple of ``GRAPH_FRAME_BUCKET`` frames (exact: padding is
-masked). A failed capture falls back to eager with one logged line.
+masked) and to 1, 2, 4, 8... rows (copies of the first row, dropped after the solve). A failed capture falls back to eager with one logged line.
 
 First chunk: ``first_chunk_ref_s`` renders a segment's first chunk with only the last seconds of the
 voice's reference prompt (S3Gen's cost grows with prompt frames); later chunks use the whole prompt.
@@ -115,7 +115,8 @@ class _Job:
 class Renderer:
     """Renders chunks of speech tokens of many streams to watermarked 24 kHz float32 audio, in batches.
 
-    Not thread-safe: call it from the thread that owns the model (the engine's owner thread)."""
+    Not thread-safe: one thread per Renderer (the engine gives each render lane its own). Renderers on
+    different threads may share one model: they only read its weights."""
 
     def __init__(self, tts: ChatterboxTTS, *, context_tokens: int = CONTEXT_TOKENS,
                  overlap_frames: int = OVERLAP_FRAMES, first_chunk_ref_s: float | None = None,
@@ -159,6 +160,22 @@ class Renderer:
             for job in jobs:
                 self._finish(job)
         return [(job.audio, job.state) for job in jobs]
+
+    def warm_graphs(self, ref: dict, sizes: list[int], batches: list[int]) -> None:
+        """Capture the flow solve's CUDA graphs for the shapes of a segment's chunks of ``sizes`` tokens
+        (in order) with voice ``ref``, rendered ``batch`` at a time for each of ``batches`` (a no-op without
+        graphs). Otherwise a shape is captured when it first appears, inside somebody's chunk."""
+        if self._graphs is None:
+            return
+        tokens = torch.randint(0, 6561, (sum(sizes),), generator=torch.Generator().manual_seed(0)).to(self._device)
+        for batch in batches:
+            states: list[Any] = [None] * batch
+            done = 0
+            for size in sizes:
+                requests = [RenderRequest(tokens[:done + size], done, ref, False, state, row)
+                            for row, state in enumerate(states)]
+                states = [state for _, state in self.render(requests)]
+                done += size
 
     # --- planning -------------------------------------------------------------------------------
 
@@ -384,6 +401,13 @@ class _SolveGraphs:
     def solve(self, *inputs: torch.Tensor) -> torch.Tensor:
         if self._failed:
             return self._renderer._solve(*inputs)
+        batch = inputs[0].shape[0]
+        rows = 1 << (batch - 1).bit_length()  # batches padded to 1, 2, 4, 8...: few shapes to capture
+        if rows > batch:  # padding rows repeat the first (rows are independent: their results are dropped)
+            inputs = tuple(torch.cat([tensor, tensor[:1].expand(rows - batch, *tensor.shape[1:])]) for tensor in inputs)
+        return self._solve(inputs)[:batch]
+
+    def _solve(self, inputs: tuple[torch.Tensor, ...]) -> torch.Tensor:
         key = tuple(tuple(tensor.shape) for tensor in inputs)
         entry = self._graphs.get(key)
         if entry is None:
@@ -407,7 +431,9 @@ class _SolveGraphs:
             self._renderer._solve(*static)  # warm-up outside the graph (lazy initialisation)
         torch.cuda.current_stream().wait_stream(side)
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
+        # thread_local: the decode loop keeps using the GPU (and syncing) on its own thread meanwhile.
+        # A capture stream of its own: torch's default one is shared by every capture in the process.
+        with torch.cuda.graph(graph, stream=torch.cuda.Stream(), capture_error_mode="thread_local"):
             output = self._renderer._solve(*static)
         return graph, static, output
 

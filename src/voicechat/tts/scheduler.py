@@ -21,8 +21,9 @@ MAX_PENDING_CHUNKS = 4
 
 @dataclass(eq=False)
 class Job:
-    """The owner thread's state of one stream. ``pending`` and ``cancelled`` are guarded by the engine's
-    lock; ``segment``, ``segment_index`` and ``tokens`` are touched only by the owner thread."""
+    """The engine's state of one stream. ``pending``, ``cancelled``, ``first_handover``, ``audio_s`` and
+    ``segment`` are guarded by the engine's lock (the owner thread and the render lanes share them);
+    ``segment_index`` and ``tokens`` are the owner thread's alone."""
 
     segments: deque[str]
     params: Any  # TTSParams

@@ -335,7 +335,9 @@ class _StepGraphs:
                     decoder._step(x_in, pos_in, decoder.max_context)
             torch.cuda.current_stream().wait_stream(side)
             graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph):
+            # thread_local: the render lanes keep using the GPU (and syncing) on their threads meanwhile;
+            # a capture stream of its own (torch's default one is shared by every capture in the process)
+            with torch.cuda.graph(graph, stream=torch.cuda.Stream(), capture_error_mode="thread_local"):
                 out = decoder._step(x_in, pos_in, decoder.max_context)
         finally:
             for cache, kept in zip((decoder._k, decoder._v), saved):
