@@ -246,7 +246,7 @@ async def test_the_assistants_own_voice_in_the_microphone_never_holds_stops_or_a
         speech_models, delay_ms=delay_ms, gain=gain, user=user_voice(SENTINEL, 0.3), user_at_s=4.5,
         until=a_user_turn, stop_at_s=4.0,
     )
-    before = [kind for at, message in heard.messages if at < heard.user_onset_s for kind in [message["type"]]]
+    before = [message["type"] for at, message in heard.messages if at < heard.user_onset_s]  # the question's onset
     assert "tts_pause" not in heard.kinds() and "tts_interruption" not in heard.kinds()
     assert "partial_user_request" not in before and "final_user_request" not in before
     assert len([m for _, m in heard.messages if m["type"] == "final_user_request"]) == 1  # the question only
