@@ -45,7 +45,6 @@ TEXTS = [
     "Good morning! It is a quarter past eight and the sky is clear today.",
 ]
 SAMPLE_RATE = 24_000
-ROW_TIMEOUT_S = 60.0
 
 
 # --- measuring -----------------------------------------------------------------------------------
@@ -190,7 +189,8 @@ def raw_row(runs: list[tuple[float, Stream, float]], count: int, rss_mb: float, 
 # --- the engine side -----------------------------------------------------------------------------
 
 
-async def run_engine(engine, count: int, base_params, audio_s: float, sentences: int = 1) -> tuple[list[Stream], float]:
+async def run_engine(engine, count: int, base_params, audio_s: float, sentences: int = 1,
+                     timeout: float | None = None) -> tuple[list[Stream], float]:
     started = time.perf_counter()
 
     async def one(index: int) -> Stream:
@@ -203,14 +203,13 @@ async def run_engine(engine, count: int, base_params, audio_s: float, sentences:
                     break
         return measured
 
-    # A row that takes far longer than its audio is a hang, not a measurement: fail it (the report goes on).
-    streams = await asyncio.wait_for(asyncio.gather(*(one(index) for index in range(count))),
-                                     timeout=ROW_TIMEOUT_S + 20 * audio_s * sentences)
+    # With a timeout, a row that takes longer is a hang, not a measurement: it fails (the report goes on).
+    streams = await asyncio.wait_for(asyncio.gather(*(one(index) for index in range(count))), timeout=timeout)
     return list(streams), time.perf_counter() - started
 
 
 def engine_rows(tts, settings, counts: list[int], audio_s: float, device: str, sentences: int = 1,
-                warm_streams: int = 0) -> tuple[dict[int, Row], float]:
+                warm_streams: int = 0, timeout: float | None = None) -> tuple[dict[int, Row], float]:
     """Rows for each N on one engine (sharing the loaded model), and the engine's start-up time. With
     ``warm_streams``, an unreported row of that many streams runs first (on CUDA it captures most
     CUDA-graph shapes, which otherwise land inside the first rows)."""
@@ -224,12 +223,18 @@ def engine_rows(tts, settings, counts: list[int], audio_s: float, device: str, s
     try:
         engine.warm_up(params)
         start_s = time.perf_counter() - started
+        print(f"  engine start-up (graph captures, warm-up): {start_s:.1f} s", file=sys.stderr, flush=True)
         if warm_streams:
-            _, wall = loop.run_until_complete(run_engine(engine, warm_streams, params, audio_s, sentences))
+            _, wall = loop.run_until_complete(run_engine(engine, warm_streams, params, audio_s, sentences, timeout))
             print(f"  engine, warm-up row of {warm_streams} stream(s): {wall:.1f} s", file=sys.stderr, flush=True)
         for count in counts:
-            with RssPeak(device.startswith("cuda")) as rss:
-                streams, wall = loop.run_until_complete(run_engine(engine, count, params, audio_s, sentences))
+            try:
+                with RssPeak(device.startswith("cuda")) as rss:
+                    streams, wall = loop.run_until_complete(run_engine(engine, count, params, audio_s, sentences,
+                                                                       timeout))
+            except Exception as error:  # keep the rows measured so far
+                print(f"FAILED: engine, {count} stream(s): {error!r}", flush=True)
+                break
             row = rows[count] = Row(streams, wall, rss.peak_mb, getattr(rss, "gpu_mb", None))
             print(f"  engine, {count} stream(s): {wall:.1f} s; TTFA p50 {row.ttfa(50):.3f} p95 {row.ttfa(95):.3f} s; "
                   f"{row.throughput:.2f} s of audio per s ({row.throughput / count:.2f} per stream); "
@@ -406,6 +411,8 @@ def main() -> int:
                         help="raw streams one after another (default: the largest N); rows above it have no old side")
     parser.add_argument("--warm-streams", type=int, default=0,
                         help="an unreported engine row of this many streams first (captures CUDA-graph shapes)")
+    parser.add_argument("--row-timeout", type=float, default=None,
+                        help="seconds after which an engine row counts as hung and fails (default: none)")
     args = parser.parse_args()
     counts = sorted({int(n) for n in args.streams.split(",")})
 
@@ -468,11 +475,11 @@ def main() -> int:
     equal, _ = settings_for(checkpoint, device, args.chunk_size, tts_first_chunk_tokens=args.chunk_size,
                             tts_first_chunk_ref_s=None, tts_max_streams=capacity)
     new, engine_start_s = attempt("engine", engine_rows, tts, equal, counts, args.audio_s, device, args.sentences,
-                                  args.warm_streams) or ({}, 0.0)
+                                  args.warm_streams, args.row_timeout) or ({}, 0.0)
     policy, missing = settings_for(checkpoint, device, args.chunk_size, tts_first_chunk_tokens=args.first_chunk,
                                    tts_first_chunk_ref_s=args.first_ref_s)
     policy_rows = (attempt("engine, first-chunk policy", engine_rows, tts, policy, [1], args.audio_s, device,
-                           args.sentences) or ({}, 0.0))[0]
+                           args.sentences, 0, args.row_timeout) or ({}, 0.0))[0]
 
     # --- report ---
     print()
