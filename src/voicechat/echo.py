@@ -86,6 +86,7 @@ class EchoReference:
         self._played = 0  # stream position the client had played at its last report
         self._reported_at: float | None = None
         self._advancing = False  # the client was playing at its last report
+        self._reports = 0  # changes of the position as reported (or held, or resumed)
         self._clock = clock
         self._max_delay = round(max_delay_s * RATE)
         self._lead = round(lead_s * RATE)
@@ -112,18 +113,21 @@ class EchoReference:
             self._played = max(self._played, min(position, self._first + self._kept))
             self._reported_at = self._clock()
             self._advancing = playing
+            self._reports += 1
 
     def hold(self) -> None:
         """The client was told to hold playback: the position stops where it is estimated to be now."""
         with self._lock:
             self._played = self._position()
             self._advancing = False
+            self._reports += 1
 
     def resume(self) -> None:
         """The client was told to play on: the position moves on again from where it was held."""
         with self._lock:
             self._reported_at = self._clock()
             self._advancing = self._turn is not None
+            self._reports += 1
 
     # --- is it echo? -------------------------------------------------------------------------------
 
@@ -132,10 +136,10 @@ class EchoReference:
         assistant audio explains, at the best delay."""
         return self.search(mic, ago=ago)[0]
 
-    def position(self) -> int:
-        """The client's playback position now (stream samples at 16 kHz), as estimated."""
+    def report(self) -> tuple[int, int, bool, int]:
+        """The last report: (how many so far, position, still playing, how far audio was sent)."""
         with self._lock:
-            return self._position()
+            return self._reports, self._played, self._advancing, self._first + self._kept
 
     def search(
         self, mic: np.ndarray, *, ago: int = 0, at: int | None = None, near: int | None = None
@@ -211,7 +215,9 @@ class EchoGate:
     arriving in one larger piece is judged 32 ms at a time. Each stretch is compared with the playback
     position at the moment its audio *arrived* (``arrived``, called by the session as frames come in):
     a server running behind its audio backlog judges old audio against where playback was then, not
-    now. Without arrival marks the position now is used. ``gated_s`` counts the seconds silenced.
+    now. Between playback reports the position moves on with the microphone's own audio (both run on
+    the client's audio clock), not with the server's wall clock, so a stalled server or a burst of
+    frames changes nothing. Without arrival marks the position now (by the wall clock) is used. ``gated_s`` counts the seconds silenced.
     ``process`` runs on the Listener's worker thread, ``arrived`` on the event loop.
     """
 
@@ -221,6 +227,8 @@ class EchoGate:
         self._lock = threading.Lock()
         self._marks: deque[tuple[float, int]] = deque(maxlen=2048)  # (mic samples at 16 kHz so far, position)
         self._arrived = 0.0
+        self._reports = -1  # the reference's report count at the last mark
+        self._since_report = 0.0  # microphone samples (16 kHz) since that report
         self._heard = 0  # mic samples (16 kHz) processed
         self._history = np.zeros(GATE_WINDOW, np.float32)  # before the stream: silence
         self._since = GATE_EVERY  # samples since the last decision
@@ -230,9 +238,16 @@ class EchoGate:
 
     def arrived(self, samples: int) -> None:
         """``samples`` of microphone audio (at ``mic_rate``) arrived just now."""
-        position = self._reference.position()
+        reports, played, playing, sent = self._reference.report()
         with self._lock:
-            self._arrived += samples * RATE / self._mic_rate
+            if reports != self._reports:  # a report came in before this audio: count from it
+                self._reports, self._since_report = reports, 0.0
+            heard = samples * RATE / self._mic_rate
+            self._arrived += heard
+            self._since_report += heard
+            position = played
+            if playing:
+                position = min(played + round(min(self._since_report, REPORT_AGE_S * RATE)), sent)
             self._marks.append((self._arrived, position))
 
     def _position_at(self, heard: int) -> int | None:

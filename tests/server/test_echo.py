@@ -142,11 +142,12 @@ async def play_with_echo(
     user_at_s: float,
     until: Callable[[list[dict]], bool],
     stop_at_s: float | None = None,
+    burst: int = 1,
 ) -> Heard:
     """A page that plays the reply in real time while its microphone hears that playback (delayed,
     quieter, low-passed, over a noise floor) and, from ``user_at_s``, the user. It obeys tts_pause,
     tts_resume and stop_tts, reports its playback as the page does, presses Stop at ``stop_at_s``,
-    and goes on (silence after the user) until ``until(messages)``: however slow the machine, every
+    sends ``burst`` frames at a time (a stalled network or server: they arrive together), and goes on (silence after the user) until ``until(messages)``: however slow the machine, every
     decision is waited for, never cut off by the clock (MAX_S only guards against a hang)."""
     settings = Settings(_env_file=None, provider="ollama", base_url=LLM.url, model="llama3.2:3b", api_key=None, llm_retries=0)
     services = Services(settings=settings, tts=SpeakingTTS(), speech=models, llm=create_llm(settings), metrics=Metrics())  # type: ignore[arg-type]
@@ -200,7 +201,8 @@ async def play_with_echo(
             mic = echo + user_track[at : at + STEP] + noise[at : at + STEP]
             pcm = np.clip(mic * 32768, -32768, 32767).astype("<i2")
             ws.client_sends(p.FRAME_HEADER.pack(at // 16, p.FLAG_PLAYING if playing else 0) + pcm.tobytes())
-            await asyncio.sleep(max(0.0, started + (frame + 1) * STEP / RATE - time.perf_counter()))  # real pace
+            if (frame + 1) % burst == 0:  # real pace, ``burst`` frames at a time
+                await asyncio.sleep(max(0.0, started + (frame + 1) * STEP / RATE - time.perf_counter()))
         else:
             raise AssertionError(f"no outcome after {MAX_S} s: {[m['type'] for _, m in heard]}")
         loud = np.nonzero(np.abs(user_track) > 0.01)[0]
@@ -236,15 +238,15 @@ def fake_llm():  # type: ignore[no-untyped-def]
         yield LLM
 
 
-@pytest.mark.parametrize(("delay_ms", "gain"), [(50, 0.5), (300, 0.15)])
+@pytest.mark.parametrize(("delay_ms", "gain", "burst"), [(50, 0.5, 1), (300, 0.15, 15)])
 async def test_the_assistants_own_voice_in_the_microphone_never_holds_stops_or_answers(
-    speech_models: SpeechModels, delay_ms: int, gain: float
+    speech_models: SpeechModels, delay_ms: int, gain: float, burst: int
 ) -> None:
     # 4 s of the reply heard back, then the page's Stop; then the user asks something, so the run ends
     # only once everything before it has been heard and decided.
     heard = await play_with_echo(
         speech_models, delay_ms=delay_ms, gain=gain, user=user_voice(SENTINEL, 0.3), user_at_s=4.5,
-        until=a_user_turn, stop_at_s=4.0,
+        until=a_user_turn, stop_at_s=4.0, burst=burst,  # 15 frames: 300 ms stalls
     )
     before = [message["type"] for at, message in heard.messages if at < heard.user_onset_s]  # the question's onset
     assert "tts_pause" not in heard.kinds() and "tts_interruption" not in heard.kinds()
