@@ -147,7 +147,7 @@ class Settings(BaseSettings):
         ge=1,
         le=64,
         description="Speech streams the engine serves at once (decoded in one batch); more are refused (server "
-        "busy). Unset: 8 on CUDA (an estimate for one H100-class GPU), 4 on MPS, 16 on CPU (a memory bound, "
+        "busy). Unset: 4 on CUDA (measured real time on an H200, docs/tts.md), 4 on MPS, 16 on CPU (a memory bound, "
         "not a real-time promise).",
     )
     tts_bf16: bool = Field(True, description="On CUDA, run Chatterbox's T3 decoder in bfloat16 (CPU stays float32).")

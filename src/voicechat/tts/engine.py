@@ -66,10 +66,11 @@ MAX_SEGMENT_CHARS = 300  # about 20 s of speech: far below T3's 1000-token (40 s
 VOICE_MIN_S, VOICE_MAX_S = 1.0, 60.0
 CONDITIONALS_CACHE = 64  # (voice, exaggeration) pairs kept
 DEFAULT_VOICE = "default"
-# Streams kept in real time when tts_max_streams is unset. CUDA: the issue-12 target for one H100-class
-# GPU, an estimate until measured (benchmarks/gpu_check.sh). CPU/MPS: no real-time claim (full size on a
-# 2-core CPU is 13 s per 1 s chunk for one stream): a bound on memory and on the batch.
-DEFAULT_MAX_STREAMS = {"cuda": 8, "mps": 4, "cpu": 16}
+# Streams kept in real time when tts_max_streams is unset. CUDA: measured on an H200 (docs/tts.md,
+# benchmarks/gpu_check.sh): 4 streams started at once each got 1.2 s of audio per second, 8 only 0.89.
+# CPU/MPS: no real-time claim (full size on a 2-core CPU is 13 s per 1 s chunk for one stream): a bound
+# on memory and on the batch.
+DEFAULT_MAX_STREAMS = {"cuda": 4, "mps": 4, "cpu": 16}
 
 
 class TTSError(Exception):
