@@ -105,6 +105,7 @@ async def test_replies_go_out_in_the_original_shapes() -> None:
     tone = (np.sin(np.arange(12_000) * 2 * np.pi * 300 / 24_000) * 8_000).astype(np.int16)  # 0.5 s at 24 kHz
     for message in (p.Status(state="speaking"), p.PartialAssistantAnswer(content="Hi", turn_id=1)):
         await edge.send_text(p.encode(message))
+    await edge.send_text('{"type": "not_a_server_message"}')  # unknown to the edge: not sent, no exception
     for seq, part in enumerate(np.split(tone, 5)):
         await edge.send_bytes(p.encode_audio_frame(1, seq, part))
     await edge.send_text(p.encode(p.TtsEnd(turn_id=1, samples=len(tone))))
