@@ -4,6 +4,15 @@ Peers' users complain most about assistants that interrupt themselves on their o
 backchannel. So an interruption needs enough voiced speech *and* real words that are neither a
 backchannel nor a copy of what the assistant is saying. While the client reports that it is playing
 assistant audio (uplink flag bit 0), the bar is higher: the echo canceller may leak.
+
+Only words that carry something count towards the word minimum: backchannel sounds and the glue a
+transcriber adds between them do not. A backchannel that tiny.en mishears or embellishes leaves at
+most one such word ("Mm-hmm." -> "And then turn.", "Mm-hmm, okay." -> "And then them okay."), while a
+real interruption has two or more ("wait, stop", "stop it", "what about Berlin"). The voiced-speech
+minimum (the VAD's measure, like LiveKit's minimum interruption duration) stays, but cannot tell
+them apart alone: espeak's "Mm-hmm." is 0.61 s of voice, its "Wait, stop." 0.58 s. Nor can words per
+voiced second: tiny.en made "Have a beautiful day." of 0.45 s of "Uh-huh, yeah." (8.9 a second), but
+its partials of real human sentences reach 7.2 and 12 (docs/speech-input.md).
 """
 
 from __future__ import annotations
@@ -18,6 +27,8 @@ BACKCHANNEL_WORDS = frozenset(
 # Words a transcriber adds when several backchannels in a row are merged into one utterance
 # ("mm-hmm ... okay ... uh-huh" came back as "And then... Okay."): glue, never a request.
 _GLUE_WORDS = frozenset("and then so well oh like".split())
+# Backchannel words only within their phrase ("i see", "got it"); elsewhere they carry a request ("stop it").
+_PHRASE_WORDS = frozenset("i see got it".split())
 _WORD = re.compile(r"[a-z0-9']+")
 
 
@@ -37,6 +48,11 @@ def is_backchannel(text: str) -> bool:
     )
 
 
+def carrying_words(text: str) -> list[str]:
+    """The words that could make a request: not backchannel sounds, not the transcriber's glue."""
+    return [w for w in words(text) if w in _PHRASE_WORDS or not (w in BACKCHANNEL_WORDS or w in _GLUE_WORDS)]
+
+
 def is_echo(text: str, assistant_text: str, *, overlap: float = 0.6) -> bool:
     """True when most of the heard words are words the assistant is saying: its own voice coming back."""
     heard = words(text)
@@ -49,20 +65,20 @@ def is_echo(text: str, assistant_text: str, *, overlap: float = 0.6) -> bool:
 @dataclass(frozen=True)
 class BargeInPolicy:
     min_speech_s: float = 0.5  # voiced speech in the user's turn before an interruption counts
-    min_words: int = 2
+    min_words: int = 2  # carrying words (carrying_words)
     playing_min_speech_s: float = 0.8  # stricter while the client plays assistant audio (echo risk)
     playing_min_words: int = 3
 
     def should_interrupt(self, text: str, speech_s: float, assistant_text: str, *, client_playing: bool) -> bool:
-        min_speech, min_words = (
-            (self.playing_min_speech_s, self.playing_min_words)
-            if client_playing
-            else (self.min_speech_s, self.min_words)
-        )
-        heard = words(text)
+        min_speech = self.playing_min_speech_s if client_playing else self.min_speech_s
+        return speech_s >= min_speech and self.real_words(text, assistant_text, client_playing=client_playing)
+
+    def real_words(self, text: str, assistant_text: str, *, client_playing: bool) -> bool:
+        """Words that interrupt once there is enough voice: enough carrying words, neither a backchannel
+        nor the assistant's own echo. A held reply does not resume at a pause after such words."""
+        min_words = self.playing_min_words if client_playing else self.min_words
         return (
-            speech_s >= min_speech
-            and len(heard) >= min_words
+            len(carrying_words(text)) >= min_words
             and not is_backchannel(text)
             and not is_echo(text, assistant_text)
         )

@@ -165,6 +165,7 @@ class Session:
         self.playback = ClientPlayback(self.clock)
         self.echo = EchoReference(rate=p.OUTPUT_SAMPLE_RATE)  # what was sent and played, for the echo gate
         self._held: int | None = None  # the turn whose playback the client holds (tts_pause) until told
+        self._held_words = False  # real words were heard during the hold: a pause does not resume it
         self._echo_gate: EchoGate | None = None
         self.listener: Listener | None = None
         self.reply: Reply | None = None  # the current assistant turn (speculative until confirmed)
@@ -379,6 +380,14 @@ class Session:
             if event.type == "speech_started":
                 await self._hold(self.reply.turn_id)  # at voice onset: the user may be interrupting
                 return
+            if event.type == "partial" and self.policy.real_words(
+                event.text, self.reply.text, client_playing=self.playback.uplink_playing
+            ):
+                self._held_words = True  # they may interrupt once there is voice enough: hold on
+            if event.type == "speech_paused":
+                if not self._held_words:  # the voice stopped without real words (LiveKit's false interruption)
+                    await self._release(self.reply.turn_id)
+                return
             if event.type not in ("partial", "turn_end") or not self.policy.should_interrupt(
                 event.text, event.speech_s, self.reply.text, client_playing=self.playback.uplink_playing
             ):
@@ -411,6 +420,7 @@ class Session:
         the client holds playback at once, keeping the audio, until words decide (stop or resume)."""
         if self._held != turn_id:
             self._held = turn_id
+            self._held_words = False
             self.echo.hold()
             await self.send(p.TtsPause(turn_id=turn_id))
 

@@ -50,6 +50,29 @@ def test_policy() -> None:
     assert policy.should_interrupt("stop, tell me about Berlin", 1.2, ASSISTANT, client_playing=True)
 
 
+@pytest.mark.parametrize(
+    ("heard", "speech_s"),
+    [
+        ("And then turn.", 0.61),  # tiny.en on espeak's "Mm-hmm." (0.61 s of voice, over the 0.5 s bar)
+        ("And then them okay.", 1.15),  # on "Mm-hmm, okay." (1.15 s): long enough, one carrying word
+        ("And then the...", 0.8),
+    ],
+)
+def test_a_misheard_backchannel_does_not_interrupt(heard: str, speech_s: float) -> None:
+    assert not BargeInPolicy().should_interrupt(heard, speech_s, ASSISTANT, client_playing=False)
+
+
+@pytest.mark.parametrize(("heard", "speech_s"), [("Wait, stop.", 0.58), ("Stop it.", 0.6), ("okay, but why", 0.7)])
+def test_short_real_interruptions_still_interrupt(heard: str, speech_s: float) -> None:
+    assert BargeInPolicy().should_interrupt(heard, speech_s, ASSISTANT, client_playing=False)
+
+
+def test_too_little_voice_never_interrupts_whatever_the_words() -> None:
+    policy = BargeInPolicy()
+    assert policy.real_words("Wait, stop.", ASSISTANT, client_playing=False)
+    assert not policy.should_interrupt("Wait, stop.", 0.42, ASSISTANT, client_playing=False)
+
+
 # --- the session: hold at voice onset, then stop or resume (scripted, session_script.py) -------------
 
 REPLY = "Paris is the capital of France. It has about two million people. The Seine runs through it."
@@ -103,6 +126,41 @@ async def test_a_cough_or_backchannels_resume_the_held_reply_and_it_plays_to_its
         await conv.type("Thanks")
         await conv.next("tts_end", turn_id=turn + 1)
         assert conv.llm_messages()[1] == ("assistant", REPLY)  # all of it was heard
+
+
+@pytest.mark.parametrize("heard", ["", "Mm-hmm.", "And then turn."])
+async def test_a_held_reply_resumes_when_the_voice_pauses_without_real_words(llm_server, heard: str) -> None:
+    """The hold ends at the listener's speech_paused (PAUSED_AFTER_S of silence), not at the turn's end."""
+    async with conversation(llm_server) as conv:
+        turn = await playing_reply(conv)
+        await conv.hear(speech("speech_started"), playing=True)
+        await conv.next("tts_pause", turn_id=turn)
+        if heard:
+            await conv.hear(speech("partial", heard, speech_s=0.61))
+        before = len(conv.ws.messages)
+        await conv.hear(speech("speech_paused", speech_s=0.61))
+        await conv.next("tts_resume", turn_id=turn)
+        assert kinds_after(conv, before) == ["tts_resume"]
+        await conv.hear(speech("turn_end", heard, speech_s=0.61))  # the turn ends later: nothing more to do
+        await conv.settled()
+        assert len(conv.of_type("tts_resume")) == 1 and not conv.of_type("stop_tts")
+        conv.send({"type": "tts_stop", "turn_id": turn, "played_samples": conv.sent_samples(turn)})
+        await conv.state_becomes("listening")
+        assert [m["turn_id"] for m in conv.of_type("final_user_request")] == [turn]  # no new user turn
+
+
+async def test_real_words_keep_the_hold_through_a_pause_and_the_turn_end_stops_it(llm_server) -> None:
+    """ "Wait, stop." heard at 0.42 s of voice (under the 0.5 s bar): no resume at the pause; the final stops it."""
+    async with conversation(llm_server) as conv:
+        turn = await playing_reply(conv)
+        await conv.hear(speech("speech_started"), playing=True)
+        await conv.next("tts_pause", turn_id=turn)
+        await conv.hear(speech("partial", "wait stop", speech_s=0.42), speech("speech_paused", speech_s=0.58))
+        await conv.settled()
+        assert not conv.of_type("tts_resume") and not conv.of_type("stop_tts")
+        await conv.hear(speech("turn_end", "Wait, stop.", speech_s=0.58))
+        await conv.next("stop_tts", turn_id=turn)
+        assert not conv.of_type("tts_resume")
 
 
 async def test_voice_while_nothing_is_audible_holds_nothing(llm_server) -> None:

@@ -6,6 +6,8 @@ a file fed faster than real time gives the same turns as a live microphone. Mode
 threads; the event loop only walks 32 ms VAD frames through the small state machine below.
 
 A turn:  speech_started -> partial* -> [turn_probably_complete -> (speech_started -> partial*)]* -> turn_end
+Each pause of ``PAUSED_AFTER_S`` of silence also gives one ``speech_paused`` (for barge-in), whatever
+the models are doing.
 In a pause, once ``probe_s`` of silence has passed, Smart Turn and a candidate final transcription
 start in the background. When both say "complete", ``turn_probably_complete`` carries the candidate
 text (the server may start the LLM on it), and ``turn_end`` follows at ``complete_wait_s`` of silence,
@@ -48,8 +50,12 @@ START_FRAMES = 3  # 96 ms of voice before a turn starts: a click or a tap on the
 RESUME_FRAMES = 2  # 64 ms of voice ends a pause
 PREROLL_S = 0.5  # audio kept from before the trigger: Silero fires late on soft onsets ("the")
 PARTIAL_EVERY_S = 0.4  # seconds of new voice between partial transcripts
+# Silence before ``speech_paused`` (barge-in: a held reply resumes here unless real words came). Longer
+# than most gaps between the words of one sentence, short enough that a backchannel's hold ends within
+# about a second of its onset (espeak's "Mm-hmm.": 0.6 s of voice, then this).
+PAUSED_AFTER_S = 0.3
 
-EventType = Literal["speech_started", "partial", "turn_probably_complete", "turn_end"]
+EventType = Literal["speech_started", "partial", "speech_paused", "turn_probably_complete", "turn_end"]
 
 
 @dataclass(frozen=True)
@@ -124,6 +130,7 @@ class _Turn:
     end_of_speech_s: float
     speaking: bool = True
     voiced_run: int = 0  # voiced frames in a row during a pause
+    pause_told: bool = False  # speech_paused sent for the current pause
     pause: _Pause | None = None
     speculated: bool = False  # turn_probably_complete sent since the last speech_started
     partial_busy: bool = False
@@ -336,6 +343,7 @@ class Listener:
         turn.speech_s += turn.voiced_run * FRAME_S
         turn.end_of_speech_s = now
         turn.voiced_run = 0
+        turn.pause_told = False
         self._cancel_pause(turn)
         if not turn.speculated:
             return []
@@ -345,6 +353,11 @@ class Listener:
     async def _in_pause(self, turn: _Turn, now: float) -> list[SpeechEvent]:
         silence = now - turn.end_of_speech_s
         policy = self._policy
+        if not turn.pause_told and silence >= PAUSED_AFTER_S - 1e-9:
+            # Out at once, not after this frame's model waits: a held reply must not wait on a judgement.
+            turn.pause_told = True
+            self._ready.append(SpeechEvent("speech_paused", now, speech_s=turn.speech_s, end_of_speech_s=turn.end_of_speech_s))
+            self._changed.set()
         if turn.pause is None and silence >= policy.probe_s - 1e-9:
             audio = turn.audio()
             turn.pause = _Pause(
