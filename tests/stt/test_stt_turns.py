@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from stt_helpers import RATE, feed_all, of_type, say, trimmed, wer, with_silence
-from voicechat.stt.listener import Listener, SpeechModels
+from voicechat.stt.listener import PAUSED_AFTER_S, Listener, SpeechModels
 
 WER_BOUND = 0.30
 
@@ -217,3 +217,17 @@ async def test_speed_changes_how_long_the_pause_must_be(speech_models: SpeechMod
         delays[speed] = end.time_s - end.end_of_speech_s
     assert delays[100] < delays[0]
     assert delays[100] <= 0.85  # speed 100 never waits longer than 0.8 s (+ one frame)
+
+
+async def test_a_pause_gives_one_speech_paused_before_the_turn_end(speech_models: SpeechModels) -> None:
+    """Barge-in's cue (session.py resumes a held reply there unless real words came): once per pause,
+    PAUSED_AFTER_S of audio after the voice ended, never held back behind the turn's judgement."""
+    listener = Listener(speech_models)
+    events = await feed_all(listener, with_silence(0.5, say("Okay."), 2.5))
+    await listener.aclose()
+    kinds = [event.type for event in events]
+    paused = of_type(events, "speech_paused")
+    assert len(paused) == 1 and kinds.index("speech_paused") < kinds.index("turn_end"), kinds
+    end = of_type(events, "turn_end")[0]
+    assert paused[0].end_of_speech_s == end.end_of_speech_s and paused[0].speech_s == end.speech_s
+    assert paused[0].time_s == pytest.approx(end.end_of_speech_s + PAUSED_AFTER_S, abs=0.04)
