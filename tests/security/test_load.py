@@ -1,6 +1,7 @@
 """A bounded load test: 10 conversations of typed and spoken turns at once, for a few minutes, against
 the real server with the tiny models. Nothing may close unexpectedly or report an error, every gauge
-returns to zero, and the process's memory, threads and file descriptors come back near their baseline.
+returns to zero, and the process's memory, threads and file descriptors do not grow in the second half of
+the load beyond where the first half left them.
 
 Slow (minutes), so it runs only on request:
 
@@ -113,19 +114,24 @@ async def test_ten_conversations_for_minutes(tiny_checkpoint, whisper_tiny_dir) 
         llm_url=fake.url,
         env={"VOICECHAT_MAX_SESSIONS": str(CONVERSATIONS + 2)},
     ) as server:
-        # A first round at full concurrency (one turn each) sets lazy state and the allocators' high-water
-        # mark; the baseline is taken after it, so what grows later is what the load leaks.
+        # A first round at full concurrency (one turn each) sets lazy state; the first half of the load
+        # then takes memory to the level sustained load settles at (allocator pools, caches: one rise of
+        # ~450 MB here, the same after 180 s or 360 s). What the second half adds is what the load leaks.
         warm = Tally()
         now = time.monotonic()
         await asyncio.gather(*(converse(server.ws_url, i, speech, now, warm, at_least=1) for i in range(CONVERSATIONS)))
         assert warm.errors == [] and warm.closes == []
         assert await gauges_at_zero(server) == dict.fromkeys(GAUGES, 0.0)
-        baseline = process_figures(server.process.pid)
+        start = process_figures(server.process.pid)
 
         tally = Tally()
-        until = time.monotonic() + SECONDS
         started = time.monotonic()
-        await asyncio.gather(*(converse(server.ws_url, i, speech, until, tally) for i in range(CONVERSATIONS)))
+        for half in ("first", "second"):
+            until = time.monotonic() + SECONDS / 2
+            await asyncio.gather(*(converse(server.ws_url, i, speech, until, tally) for i in range(CONVERSATIONS)))
+            if half == "first":
+                assert await gauges_at_zero(server) == dict.fromkeys(GAUGES, 0.0)
+                baseline = process_figures(server.process.pid)
         elapsed = time.monotonic() - started
         gauges = await gauges_at_zero(server)
         after = process_figures(server.process.pid)
@@ -136,7 +142,7 @@ async def test_ten_conversations_for_minutes(tiny_checkpoint, whisper_tiny_dir) 
         f"({tally.typed} typed, {tally.spoken} spoken), slowest turn {tally.worst_turn_s:.1f} s; "
         f"errors {len(tally.errors)}, unexpected closes {len(tally.closes)}, told busy {tally.busy}; "
         f"gauges after {gauges}; "
-        f"process before {baseline}, after {after}; tracebacks in the log: {log.count('Traceback')}"
+        f"process after warm-up {start}, at half time {baseline}, at the end {after}; tracebacks in the log: {log.count('Traceback')}"
     )
     assert tally.errors == [] and tally.closes == []
     assert tally.turns >= CONVERSATIONS
@@ -144,4 +150,4 @@ async def test_ten_conversations_for_minutes(tiny_checkpoint, whisper_tiny_dir) 
     assert "Traceback" not in log
     assert after["threads"] <= baseline["threads"] + 4
     assert after["fds"] <= baseline["fds"] + 8
-    assert after["rss_mb"] <= baseline["rss_mb"] * 1.15 + 50
+    assert after["rss_mb"] <= baseline["rss_mb"] * 1.05 + 50
