@@ -538,3 +538,34 @@ def test_page_reconnects_after_server_restart(open_page, web_server):
     assert page.query_selector("#transcript .msg.user.queued") is None
     unexpected = [e for e in page.console_errors if "WebSocket" not in e and "ERR_CONNECTION_REFUSED" not in e]
     assert unexpected == []
+
+
+def test_a_dropped_connection_resumes_the_conversation(open_page, fake_llm):
+    """The socket drops (not the server): the page reconnects with its resume token and the server
+    hands back the same conversation, so the next request still holds the earlier turn."""
+    page = open_page()
+    page.fill("#text", "Remember this line.")
+    page.press("#text", "Enter")
+    page.wait_stats("s.turnsCompleted >= 1", timeout_s=40)
+    first_session = page.stats()["sessionId"]
+    # Take hold of the page's open socket at its next send (a settings change), then drop it.
+    page.evaluate(
+        """() => {
+          const send = WebSocket.prototype.send;
+          WebSocket.prototype.send = function (data) { window.droppedSocket = this; return send.call(this, data); };
+        }"""
+    )
+    page.focus("#speed")
+    page.keyboard.press("ArrowLeft")
+    page.wait_for_function("window.droppedSocket !== undefined", timeout=5000)
+    page.evaluate("window.droppedSocket.close()")
+    page.wait_stats("s.connected && s.reconnects >= 1", timeout_s=30)
+    page.wait_for_selector("#transcript :text('The conversation goes on')", timeout=5000)
+    assert page.stats()["sessionId"] == first_session  # the same conversation, not a fresh one
+    page.fill("#text", "What did I ask you to remember?")
+    page.press("#text", "Enter")
+    page.wait_for_function("document.querySelectorAll('#transcript .msg.assistant').length >= 2", timeout=30_000)
+    asked = [m["content"] for m in fake_llm.chat_requests()[-1].body["messages"] if m["role"] == "user"]
+    assert asked == ["Remember this line.", "What did I ask you to remember?"]
+    assert bubbles(page, "user") == ["Remember this line.", "What did I ask you to remember?"]
+    assert page.console_errors == []
