@@ -18,7 +18,16 @@ its partials of real human sentences reach 7.2 and 12 (docs/speech-input.md).
 from __future__ import annotations
 
 import re
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from voicechat import protocol as p
+
+if TYPE_CHECKING:
+    from voicechat.echo import EchoReference
+    from voicechat.playback import ClientPlayback
+    from voicechat.stt.listener import SpeechEvent
 
 BACKCHANNEL_WORDS = frozenset(
     """mm mmm mhm mmhmm hm hmm uh huh uhhuh um umm ah oh ooh yeah yep yes yup ok okay right sure
@@ -82,3 +91,69 @@ class BargeInPolicy:
             and not is_backchannel(text)
             and not is_echo(text, assistant_text)
         )
+
+
+class BargeIn:
+    """The client's hold on the assistant's voice while the user may be interrupting it.
+
+    At voice onset over an audible reply (the echo gate let it through, so it is not the assistant's own
+    voice) the client pauses playback at once (``tts_pause``), keeping the audio; words then decide: enough
+    of them interrupt (the policy above), a pause without real words or a turn that is a cough or a
+    backchannel resumes it (``tts_resume``). Kept apart from Session so that the turn logic asks one
+    question per speech event: interrupt now, or carry on."""
+
+    def __init__(
+        self,
+        echo: EchoReference,
+        playback: ClientPlayback,
+        send: Callable[[p.ServerMessage], Awaitable[None]],
+        policy: BargeInPolicy | None = None,
+    ) -> None:
+        self.policy = policy or BargeInPolicy()
+        self._echo = echo
+        self._playback = playback
+        self._send = send
+        self._held: int | None = None  # the turn whose playback the client holds (tts_pause) until told
+        self._held_words = False  # real words were heard during the hold: a pause does not resume it
+
+    def holds(self, turn_id: int) -> bool:
+        return self._held == turn_id
+
+    def forget(self, turn_id: int) -> None:
+        """The turn was stopped: a held turn is stopped, not resumed."""
+        if self._held == turn_id:
+            self._held = None
+
+    async def interrupts(self, event: SpeechEvent, turn_id: int, assistant_text: str) -> bool:
+        """The user's speech over the audible reply ``turn_id``: True when it interrupts it (the event is
+        then handled as ordinary speech), False when the assistant keeps talking (held or not)."""
+        client_playing = self._playback.uplink_playing
+        if event.type == "speech_started":
+            await self.hold(turn_id)  # at voice onset: the user may be interrupting
+            return False
+        if event.type == "partial" and self.policy.real_words(event.text, assistant_text, client_playing=client_playing):
+            self._held_words = True  # they may interrupt once there is voice enough: hold on
+        if event.type == "speech_paused":
+            if not self._held_words:  # the voice stopped without real words (LiveKit's false interruption)
+                await self.release(turn_id)
+            return False
+        if event.type not in ("partial", "turn_end") or not self.policy.should_interrupt(
+            event.text, event.speech_s, assistant_text, client_playing=client_playing
+        ):
+            if event.type == "turn_end":
+                await self.release(turn_id)  # a cough or a backchannel: play on
+            return False
+        return True
+
+    async def hold(self, turn_id: int) -> None:
+        if self._held != turn_id:
+            self._held = turn_id
+            self._held_words = False
+            self._echo.hold()
+            await self._send(p.TtsPause(turn_id=turn_id))
+
+    async def release(self, turn_id: int) -> None:
+        if self._held == turn_id:
+            self._held = None
+            self._echo.resume()
+            await self._send(p.TtsResume(turn_id=turn_id))

@@ -12,10 +12,23 @@ process, so a load balancer must send a reconnecting page back to the same insta
 from __future__ import annotations
 
 import asyncio
+import logging
 import secrets
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
+
+from starlette.websockets import WebSocket
+
+from voicechat import protocol as p
+from voicechat.llm import History
+
+log = logging.getLogger(__name__)
+
+RESUME_FAILED = (
+    "the conversation could not be resumed (it ended more than {grace:g} s ago, or is unknown); "
+    "this is a fresh one"
+)
 
 
 def new_token() -> str:
@@ -89,3 +102,85 @@ class ResumeStore:
 
 def _same(expected: str, given: str) -> bool:
     return secrets.compare_digest(expected.encode(), given.encode())
+
+
+@dataclass
+class Parked:
+    """What a conversation is, without its connection: what a resume gives back."""
+
+    history: History
+    settings: p.ConversationSettings
+    next_turn_id: int
+
+
+class Resumption:
+    """One connection's part in resume: the token its hello offers, taking back the conversation a hello
+    asks for, noticing when another connection takes this one over, and parking it at the end. Kept apart
+    from Session so that the turn logic never has to think about a conversation outliving its socket."""
+
+    def __init__(self, store: ResumeStore | None) -> None:
+        self.store = store  # None: conversations are never resumed
+        self.token = new_token()
+        self.greeted = False  # the server's hello was sent: there is a conversation to resume
+        self.handed_over = asyncio.Event()  # another connection resumed this conversation
+
+    @property
+    def offered_token(self) -> str | None:
+        return self.token if self.store is not None else None
+
+    async def take(self, session_id: str, request: p.ResumeRequest | None) -> Parked | None:
+        """The conversation the hello asks for; None (a fresh one) if it cannot be had."""
+        if request is None or self.store is None:
+            return None
+        parked = await self.store.take(request.session_id, request.token)
+        if not isinstance(parked, Parked):
+            log.info("session %s: resume of %s refused (unknown, expired or wrong token)", session_id, request.session_id[:12])
+            return None
+        log.info("session %s resumed", request.session_id)
+        return parked
+
+    async def greeted_as(
+        self,
+        session_id: str,
+        request: p.ResumeRequest | None,
+        resumed: bool,
+        hand_over: Callable[[], Awaitable[Parked]],
+        send: Callable[[p.ServerMessage], Awaitable[None]],
+    ) -> None:
+        """The server's hello went out: the conversation is live (resumable), and a client whose resume
+        failed is told so."""
+        self.greeted = True
+        if self.store is not None:
+            self.store.live(session_id, self.token, hand_over)
+        if request is not None and not resumed:
+            grace = self.store.grace_s if self.store is not None else 0
+            await send(p.Error(code="resume_failed", message=RESUME_FAILED.format(grace=grace)))
+
+    async def receive(self, ws: WebSocket) -> dict[str, Any]:
+        """The next message from the client, or a disconnect once another connection took over."""
+        receiving = asyncio.ensure_future(ws.receive())
+        handed_over = asyncio.ensure_future(self.handed_over.wait())
+        try:
+            await asyncio.wait({receiving, handed_over}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            handed_over.cancel()
+            if not receiving.done():
+                receiving.cancel()
+        if self.handed_over.is_set() or receiving.cancelled():
+            return {"type": "websocket.disconnect", "code": 1000}
+        return receiving.result()
+
+    def park(self, session_id: str, parked: Parked, ws: WebSocket) -> None:
+        """The connection ended: park the conversation, unless it was handed over or ended by the server."""
+        if self.store is None or not self.greeted or self.handed_over.is_set():
+            return
+        self.store.gone(session_id)
+        if not _ended_by_server(ws):
+            self.store.park(session_id, self.token, parked)
+
+
+def _ended_by_server(ws: WebSocket) -> bool:
+    """The server ended this conversation for a limit (idle, too long, abuse): it is not resumable.
+    (A client that stopped reading may be on a bad network: it may resume.)"""
+    ending = getattr(ws, "ending", None)  # set by GuardedSocket (app.py)
+    return ending is not None and ending.code != "send_timeout"

@@ -7,21 +7,17 @@ The life of a turn:
   dropped for a new Reply; the user's words enter the history; status ``thinking``;
 - the Reply sends partial answers and audio (status ``speaking`` and ``turn_metrics`` at its first
   chunk), then ``tts_end`` and ``final_assistant_answer`` once all is generated;
-- it ends *played* once ClientPlayback says the client is silent, or *interrupted* by barge-in,
-  ``interrupt``, ``clear_history``, a typed message or a disconnect; either way :meth:`Session._close`
-  writes what the user heard of it into the history (``Reply.heard_text``), and status is ``listening``.
+- it ends *played* once ClientPlayback says the client is silent, or *interrupted* by barge-in
+  (bargein.py: the client holds playback at voice onset until words decide), ``interrupt``,
+  ``clear_history``, a typed message or a disconnect; either way :meth:`Session._close` writes what the
+  user heard of it into the history (``Reply.heard_text``), and status is ``listening``.
 
-Three tasks per connection besides the replies: the receive loop (decodes messages, never waits on a
-model), the audio task (hands the Listener all audio waiting, never waiting for a turn decision) and the
-speech task (acts on the Listener's events). A backlog because the server is slow is the server's own
-(inbox.py): it is never refused nor counted against the client; silence is shed first and the client is
-told ``server_busy`` once. Every message goes out through :meth:`Session.send`. Everything the
-conversation owns is released in :meth:`Session.run`'s finally.
-
-Resume (resume.py): the server's hello carries a ``resume_token``. A session that ends parks its
-conversation (history, settings and voice, the next turn id; a reply in flight is cut at what the client
-reported as played) for ``resume_grace_s``; a later hello with ``resume: {session_id, token}`` gets it
-back, and a conversation still held on a dead socket is handed over at once.
+Three tasks per connection besides the replies: the receive loop and the audio task (intake.py: taking
+in never waits on a model or a turn decision) and the speech task (acts on the Listener's events).
+Every message goes out through :meth:`Session.send`. Everything the conversation owns is released in
+:meth:`Session.run`'s finally. Resume after a dropped connection (resume.py): a session that ends parks
+its conversation for ``resume_grace_s``; a later hello with its token takes it back, and a conversation
+still held on a dead socket is handed over at once.
 """
 
 from __future__ import annotations
@@ -31,36 +27,26 @@ import logging
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
 
-import numpy as np
-from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
+from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from voicechat import protocol as p
-from voicechat.bargein import BargeInPolicy, words
+from voicechat.bargein import BargeIn, words
 from voicechat.config import Settings
 from voicechat.echo import EchoGate, EchoReference
-from voicechat.inbox import AudioInbox
+from voicechat.intake import LISTENER_BACKLOG_S as LISTENER_BACKLOG_S  # re-exported: tests import it from here
+from voicechat.intake import AudioIntake, ClientInput
 from voicechat.llm import LLM, History
 from voicechat.metrics import Metrics
+from voicechat.outbox import ERROR_REPEAT_S as ERROR_REPEAT_S  # re-exported: tests import it from here
+from voicechat.outbox import Outbox
 from voicechat.playback import ClientPlayback, Clock, MonotonicClock
 from voicechat.reply import Outlet, Reply
-from voicechat.resume import ResumeStore, new_token
+from voicechat.resume import Parked, ResumeStore, Resumption
 from voicechat.stt.listener import Listener, SpeechEvent, SpeechModels
 from voicechat.tts.engine import TTSEngine, TTSParams
 
 log = logging.getLogger(__name__)
-
-BURST_ALLOWANCE_S = 10.0  # how far audio may run ahead of the wall clock before frames are dropped
-ERROR_REPEAT_S = 2.0  # the same error code is sent at most this often
-MAX_BAD_MESSAGES = 50  # a client that sends this many malformed messages is disconnected
-NOT_STRIKES = frozenset({"rate_limited"})  # refused, but not malformed: never counted towards closing
-BUSY_MESSAGE = "the server is running behind; what you say is kept and will be answered"
-LISTENER_BACKLOG_S = 4.0  # audio taken in while a turn decision waits; more waits in the inbox, which sheds
-RESUME_FAILED = (
-    "the conversation could not be resumed (it ended more than {grace:g} s ago, or is unknown); "
-    "this is a fresh one"
-)
 
 
 @dataclass
@@ -73,15 +59,6 @@ class Services:
     llm: LLM
     metrics: Metrics
     resumes: ResumeStore | None = field(default=None)  # None: conversations are never resumed
-
-
-@dataclass
-class Parked:
-    """What a conversation is, without its connection: what a resume gives back."""
-
-    history: History
-    settings: p.ConversationSettings
-    next_turn_id: int
 
 
 MakeListener = Callable[[SpeechModels, p.Hello, int, float], Listener]  # models, hello, speed, max utterance
@@ -118,33 +95,15 @@ async def receive_hello(ws: WebSocket, send: Callable[[p.ServerMessage], Awaitab
         return parsed
 
 
-class AudioIntake:
-    """Client audio on its way to the Listener. Audio far ahead of real time is the client's doing and
-    is refused (``rate_limited``, not a strike); a backlog because the server is slow is not: the inbox
-    keeps it."""
-
-    def __init__(self, clock: Clock, sample_rate: int = 16000) -> None:
-        self.inbox = AudioInbox(sample_rate)
-        self._clock = clock
-        self._seconds = 0.0
-        self._started_at: float | None = None
-
-    def accept(self, frame: p.AudioFrame) -> bool:
-        """Queue the frame; True when the client should now be told the server is busy (once an episode)."""
-        now = self._clock.now()
-        if self._started_at is None:
-            self._started_at = now
-        if self._seconds - (now - self._started_at) > BURST_ALLOWANCE_S:
-            raise p.ProtocolError("rate_limited", "audio is arriving faster than real time; frames dropped")
-        self._seconds += len(frame.pcm) / self.inbox.sample_rate
-        return self.inbox.put(frame.pcm, frame.client_playing)
-
-
 def _same_words(a: str, b: str) -> bool:
     return words(a) == words(b)
 
 
 class Session:
+    """One conversation: the turns, their replies and the history. What is not about turns lives in
+    collaborators, each with one job: taking in (intake.py), sending (outbox.py), barge-in's hold and
+    release (bargein.py) and resume (resume.py)."""
+
     def __init__(
         self,
         websocket: WebSocket,
@@ -160,56 +119,33 @@ class Session:
         voice_free = set(p.ConversationSettings.model_fields) - {"voice"}  # Settings.voice is a file, not a name
         self.settings = p.ConversationSettings(**config.model_dump(include=voice_free))
         self.history = History(config.effective_system_prompt(), config.history_max_chars)
-        self.policy = BargeInPolicy()
         self.clock = clock or MonotonicClock()
         self.playback = ClientPlayback(self.clock)
         self.echo = EchoReference(rate=p.OUTPUT_SAMPLE_RATE)  # what was sent and played, for the echo gate
-        self._held: int | None = None  # the turn whose playback the client holds (tts_pause) until told
-        self._held_words = False  # real words were heard during the hold: a pause does not resume it
-        self._echo_gate: EchoGate | None = None
+        self.outbox = Outbox(websocket, services.metrics, self.clock, self.echo)
+        self.send, self.set_state = self.outbox.send, self.outbox.set_state  # the one way out
+        self.barge_in = BargeIn(self.echo, self.playback, self.send)
         self.listener: Listener | None = None
         self.reply: Reply | None = None  # the current assistant turn (speculative until confirmed)
         self._make_listener = make_listener
         self._next_turn_id = 1
-        self._audio = AudioIntake(self.clock)
-        self._send_lock = asyncio.Lock()
-        self._last_error_at: dict[str, float] = {}
-        self._bad_messages = 0
-        self._state: p.State | None = None
-        self.resume_token = new_token()
-        self._greeted = False  # the server's hello was sent: there is a conversation to resume
-        self._handed_over = asyncio.Event()  # another connection resumed this conversation
+        self.resumption = Resumption(services.resumes)
+        self.input = ClientInput(  # the receive and audio loops
+            websocket, self.clock, self.playback, receive=lambda: self.resumption.receive(self.ws), handle=self._handle,
+            send=self.send, tell_mistake=self.outbox.tell_mistake, max_frame_bytes=config.max_frame_bytes,
+        )
 
-    # --- sending: the one way out ----------------------------------------------------------------
+    @property
+    def _audio(self) -> AudioIntake:
+        return self.input.audio
 
-    async def send(self, message: p.ServerMessage) -> None:
-        if isinstance(message, p.Error):
-            self.services.metrics.errors.labels(message.code).inc()
-        await self._send(p.encode(message))
+    @property
+    def _bad_messages(self) -> int:
+        return self.input.bad_messages
 
-    async def _tell_mistake(self, code: str, message: str) -> None:
-        """A problem with what the client sent: a flood of the same one gets one answer every few
-        seconds. (A reply's own failure goes through send: each failed turn needs its answer.)"""
-        now = self.clock.now()
-        if now - self._last_error_at.get(code, -1e9) < ERROR_REPEAT_S:
-            return
-        self._last_error_at[code] = now
-        await self.send(p.Error(code=code, message=message))
-
-    async def _send_audio(self, turn_id: int, seq: int, pcm: np.ndarray) -> None:
-        self.echo.sent(pcm, turn_id)
-        await self._send(p.encode_audio_frame(turn_id, seq, pcm))
-
-    async def _send(self, data: str | bytes) -> None:
-        if self.ws.application_state != WebSocketState.CONNECTED:
-            return
-        async with self._send_lock:
-            await (self.ws.send_text(data) if isinstance(data, str) else self.ws.send_bytes(data))
-
-    async def set_state(self, state: p.State) -> None:
-        if state != self._state:
-            self._state = state
-            await self.send(p.Status(state=state))
+    @property
+    def _last_error_at(self) -> dict[str, float]:
+        return self.outbox.last_error_at
 
     # --- main loop -------------------------------------------------------------------------------
 
@@ -220,35 +156,26 @@ class Session:
             hello = await receive_hello(self.ws, self.send)
             if hello is None:
                 return
-            resumed = await self._resume(hello.resume)
-            resumes = self.services.resumes
-            await self.send(
-                p.ServerHello(
-                    session_id=self.id,
-                    input_sample_rate=hello.sample_rate,
-                    settings=self.settings,
-                    voices=self.services.tts.voices(),
-                    resume_token=self.resume_token if resumes is not None else None,
-                    resumed=resumed,
-                )
-            )
-            self._greeted = True
-            if resumes is not None:
-                resumes.live(self.id, self.resume_token, self._hand_over)
-            if hello.resume is not None and not resumed:
-                grace = resumes.grace_s if resumes is not None else 0
-                await self.send(p.Error(code="resume_failed", message=RESUME_FAILED.format(grace=grace)))
-            self._audio = AudioIntake(self.clock, hello.sample_rate)
+            self.resumption.store = self.services.resumes  # read now: a test may set it after construction
+            parked = await self.resumption.take(self.id, hello.resume)
+            if parked is not None:
+                self.id = hello.resume.session_id  # type: ignore[union-attr]  # a resume was asked for
+                self.history, self.settings, self._next_turn_id = parked.history, parked.settings, parked.next_turn_id
+            hello_back = p.ServerHello(session_id=self.id, input_sample_rate=hello.sample_rate, settings=self.settings,
+                voices=self.services.tts.voices(), resume_token=self.resumption.offered_token, resumed=parked is not None)
+            await self.send(hello_back)
+            await self.resumption.greeted_as(self.id, hello.resume, parked is not None, self._hand_over, self.send)
             self.listener = self._make_listener(
                 self.services.speech, hello, self.settings.speed, self.services.settings.max_utterance_s
             )
-            self._echo_gate = self.listener.echo_gate = EchoGate(self.echo, mic_rate=hello.sample_rate)
+            echo_gate = self.listener.echo_gate = EchoGate(self.echo, mic_rate=hello.sample_rate)
+            self.input.start(self.id, hello.sample_rate, self.listener, echo_gate)
             tasks = [
-                asyncio.create_task(self._audio_loop(), name=f"audio-{self.id}"),
+                asyncio.create_task(self.input.audio_loop(), name=f"audio-{self.id}"),
                 asyncio.create_task(self._speech_loop(), name=f"speech-{self.id}"),
             ]
             await self.set_state("listening")
-            await self._receive_loop()
+            await self.input.receive_loop()
         except WebSocketDisconnect:
             pass
         finally:
@@ -258,103 +185,17 @@ class Session:
             await self._stop_reply()
             if self.listener is not None:
                 await self.listener.aclose()
-            self._park()
+            self.resumption.park(self.id, Parked(self.history, self.settings, self._next_turn_id), self.ws)
             log.info("session %s closed", self.id)
-
-    # --- resume ----------------------------------------------------------------------------------
-
-    async def _resume(self, request: p.ResumeRequest | None) -> bool:
-        """Take back the conversation the hello asks for; False (a fresh one) if it cannot be had."""
-        resumes = self.services.resumes
-        if request is None or resumes is None:
-            return False
-        parked = await resumes.take(request.session_id, request.token)
-        if not isinstance(parked, Parked):
-            log.info("session %s: resume of %s refused (unknown, expired or wrong token)", self.id, request.session_id[:12])
-            return False
-        self.id = request.session_id
-        self.history, self.settings, self._next_turn_id = parked.history, parked.settings, parked.next_turn_id
-        log.info("session %s resumed", self.id)
-        return True
-
-    def _parked(self) -> Parked:
-        return Parked(self.history, self.settings, self._next_turn_id)
 
     async def _hand_over(self) -> Parked:
         """Another connection resumes this conversation: stop the reply (what was heard stays in the
         history), give the conversation to it and end this connection."""
-        self._handed_over.set()
+        self.resumption.handed_over.set()
         await self._stop_reply()
-        parked = self._parked()
+        parked = Parked(self.history, self.settings, self._next_turn_id)
         self.history = History(self.history.system_prompt, self.history.max_chars)  # this one keeps nothing
         return parked
-
-    def _park(self) -> None:
-        resumes = self.services.resumes
-        if resumes is None or not self._greeted or self._handed_over.is_set():
-            return
-        resumes.gone(self.id)
-        if not self._ended_by_server():
-            resumes.park(self.id, self.resume_token, self._parked())
-
-    def _ended_by_server(self) -> bool:
-        """The server ended this conversation for a limit (idle, too long, abuse): it is not resumable.
-        (A client that stopped reading may be on a bad network: it may resume.)"""
-        ending = getattr(self.ws, "ending", None)  # set by GuardedSocket (app.py)
-        return ending is not None and ending.code != "send_timeout"
-
-    async def _receive(self) -> dict[str, Any]:
-        """The next message from the client, or a disconnect once another connection took over."""
-        receiving = asyncio.ensure_future(self.ws.receive())
-        handed_over = asyncio.ensure_future(self._handed_over.wait())
-        try:
-            await asyncio.wait({receiving, handed_over}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            handed_over.cancel()
-            if not receiving.done():
-                receiving.cancel()
-        if self._handed_over.is_set() or receiving.cancelled():
-            return {"type": "websocket.disconnect", "code": 1000}
-        return receiving.result()
-
-    async def _receive_loop(self) -> None:
-        while True:
-            message = await self._receive()
-            if message["type"] == "websocket.disconnect":
-                raise WebSocketDisconnect(message.get("code", 1000))
-            try:
-                if message.get("bytes") is not None:
-                    frame = p.decode_audio_frame(message["bytes"], max_bytes=self.services.settings.max_frame_bytes)
-                    if self._audio.accept(frame):
-                        await self._say_busy()
-                    if self._echo_gate is not None:
-                        self._echo_gate.arrived(len(frame.pcm))  # where playback was as this audio came in
-                elif message.get("text") is not None:
-                    await self._handle(p.parse_client_message(message["text"]))
-            except p.ProtocolError as error:
-                if error.code not in NOT_STRIKES:
-                    self._bad_messages += 1
-                if self._bad_messages >= MAX_BAD_MESSAGES:
-                    await self.send(p.Error(code=error.code, message="too many malformed messages; closing", fatal=True))
-                    await self.ws.close(p.CLOSE_POLICY)
-                    return
-                await self._tell_mistake(error.code, error.message)
-
-    # --- audio in --------------------------------------------------------------------------------
-
-    async def _say_busy(self) -> None:
-        inbox = self._audio.inbox
-        log.info("session %s: the listener is %.1f s behind; silence is shed", self.id, inbox.backlog_s)
-        await self.send(p.Error(code="server_busy", message=BUSY_MESSAGE))
-
-    async def _audio_loop(self) -> None:
-        """All audio waiting goes to the Listener in one piece; a turn decision never holds this up."""
-        assert self.listener is not None
-        while True:
-            await self.listener.walked_to(LISTENER_BACKLOG_S)  # a decision waiting long: the inbox sheds
-            pcm, playing = await self._audio.inbox.get()
-            self.playback.uplink_playing = playing
-            await self.listener.push(pcm)  # decoded frames are always int16 mono: no ValueError here
 
     async def _speech_loop(self) -> None:
         assert self.listener is not None
@@ -367,33 +208,15 @@ class Session:
                     return
                 except Exception:  # noqa: BLE001 - one bad event must not end the conversation
                     log.exception("session %s: speech event %s failed", self.id, event.type)
-                    await self._tell_mistake("internal", "the server failed to handle your speech")
+                    await self.outbox.tell_mistake("internal", "the server failed to handle your speech")
 
     # --- speech events ---------------------------------------------------------------------------
 
-    def _assistant_audible(self) -> bool:
-        return self.reply is not None and self.reply.confirmed and self.reply.audible
-
     async def _on_speech(self, event: SpeechEvent) -> None:
-        if self._assistant_audible():
-            assert self.reply is not None
-            if event.type == "speech_started":
-                await self._hold(self.reply.turn_id)  # at voice onset: the user may be interrupting
-                return
-            if event.type == "partial" and self.policy.real_words(
-                event.text, self.reply.text, client_playing=self.playback.uplink_playing
-            ):
-                self._held_words = True  # they may interrupt once there is voice enough: hold on
-            if event.type == "speech_paused":
-                if not self._held_words:  # the voice stopped without real words (LiveKit's false interruption)
-                    await self._release(self.reply.turn_id)
-                return
-            if event.type not in ("partial", "turn_end") or not self.policy.should_interrupt(
-                event.text, event.speech_s, self.reply.text, client_playing=self.playback.uplink_playing
-            ):
-                if event.type == "turn_end":
-                    await self._release(self.reply.turn_id)  # a cough or a backchannel: play on
-                return  # the assistant keeps talking
+        reply = self.reply
+        if reply is not None and reply.confirmed and reply.audible:  # the user speaks over the assistant
+            if not await self.barge_in.interrupts(event, reply.turn_id, reply.text):
+                return  # the assistant keeps talking (held, or played on)
             await self.interrupt(barge_in=True)
         if event.type == "speech_started":
             await self._drop_speculation()  # the user goes on talking
@@ -414,21 +237,6 @@ class Session:
             if event.stt_ms is not None:
                 self.services.metrics.stt.observe(event.stt_ms / 1000)
             await self.start_turn(event.text.strip(), event)
-
-    async def _hold(self, turn_id: int) -> None:
-        """Voice started over the assistant (the echo gate let it through, so it is not its own voice):
-        the client holds playback at once, keeping the audio, until words decide (stop or resume)."""
-        if self._held != turn_id:
-            self._held = turn_id
-            self._held_words = False
-            self.echo.hold()
-            await self.send(p.TtsPause(turn_id=turn_id))
-
-    async def _release(self, turn_id: int) -> None:
-        if self._held == turn_id:
-            self._held = None
-            self.echo.resume()
-            await self.send(p.TtsResume(turn_id=turn_id))
 
     async def _drop_speculation(self) -> None:
         if self.reply is not None and not self.reply.confirmed:
@@ -459,7 +267,7 @@ class Session:
             llm=self.services.llm,
             tts=self.services.tts,
             params=TTSParams.from_settings(self.services.settings, **voice),
-            outlet=Outlet(send=self.send, send_audio=self._send_audio, on_state=self._on_reply_state),
+            outlet=Outlet(send=self.send, send_audio=self.outbox.send_audio, on_state=self._on_reply_state),
             playback=self.playback,
             metrics=self.services.metrics,
             clock=self.clock,
@@ -469,22 +277,16 @@ class Session:
         """What the client is told as a confirmed reply moves on (it runs in the reply's own task)."""
         if reply.state == "speaking":
             await self.set_state("speaking")
-            await self._send_metrics(reply)
+            await self.outbox.send_turn_metrics(reply.metrics_message())
         elif reply.state == "generated":
             await self.send(p.FinalAssistantAnswer(content=reply.text.strip(), turn_id=reply.turn_id, interrupted=False))
             if reply.samples_sent == 0:
-                await self._send_metrics(reply)
+                await self.outbox.send_turn_metrics(reply.metrics_message())
         elif reply.state == "played" and self.reply is reply:
             self._close(reply)
             self.reply = None
-            await self._release(reply.turn_id)  # a client that never reported may still hold it
+            await self.barge_in.release(reply.turn_id)  # a client that never reported may still hold it
             await self.set_state("listening")
-
-    async def _send_metrics(self, reply: Reply) -> None:
-        message = reply.metrics_message()
-        if message.first_audio_ms is not None:
-            self.services.metrics.first_audio.observe(message.first_audio_ms / 1000)
-        await self.send(message)
 
     def _close(self, reply: Reply) -> str:
         """The one place a reply enters the history: what the user heard of it (returned)."""
@@ -499,8 +301,7 @@ class Session:
         if reply is None or (keep_speculation and not reply.confirmed):
             return None
         self.reply = None
-        if self._held == reply.turn_id:
-            self._held = None  # a held turn is stopped, not resumed
+        self.barge_in.forget(reply.turn_id)
         audible = reply.audible
         await reply.cancel()
         heard = self._close(reply) if reply.confirmed else ""
@@ -527,10 +328,10 @@ class Session:
                 raise p.ProtocolError("bad_message", "hello was already received")
             case p.TtsStart(turn_id=turn_id):
                 self.playback.reported(turn_id)
-                self.echo.played(0, turn_id, playing=self._held != turn_id)
+                self.echo.played(0, turn_id, playing=not self.barge_in.holds(turn_id))
             case p.Playback(turn_id=turn_id, played_samples=played):
                 self.playback.reported(turn_id, played=played)
-                self.echo.played(played, turn_id, playing=self._held != turn_id)
+                self.echo.played(played, turn_id, playing=not self.barge_in.holds(turn_id))
             case p.TtsStop(turn_id=turn_id, played_samples=played):
                 self.playback.reported(turn_id, played=played, stopped=True)
                 self.echo.played(played, turn_id, playing=False)
