@@ -56,11 +56,19 @@ async ({ rate, stopAt, holdAt = null, resumeAt = null }) => {
   node.connect(ctx.destination);
   const events = [];
   let stats = null;
-  let answered = null;
+  // A round trip waits for the answer to its own request: a periodic report already on its way would
+  // otherwise resolve it before the worklet has read the messages sent just before.
+  let asked = 0;
+  let waiting = null;
   node.port.onmessage = (e) => {
-    if (e.data.type === "stats") { stats = e.data.stats; answered?.(); } else events.push(e.data);
+    if (e.data.type !== "stats") return events.push(e.data);
+    stats = e.data.stats;
+    if (waiting && e.data.id === waiting.id) waiting.resolve();
   };
-  const roundTrip = () => new Promise((resolve) => { answered = resolve; node.port.postMessage({ type: "stats" }); });
+  const roundTrip = () => new Promise((resolve) => {
+    waiting = { id: ++asked, resolve };
+    node.port.postMessage({ type: "stats", id: asked });
+  });
   // One second of a 440 Hz tone at 24 kHz, cut into uneven chunks as the network would deliver it.
   const total = 24000;
   const tone = new Int16Array(total);

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import re
 import socket
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -115,11 +116,14 @@ async def slow_upload(server) -> tuple[int, str]:
             + TOKEN.encode() + b"\r\nContent-Length: 1000000\r\n\r\nRIFF"
         )  # fmt: skip
         await writer.drain()
-        answer = await asyncio.wait_for(reader.read(65536), timeout=BODY_TIMEOUT_S + 30)
+        # The head and the body of the answer may come in separate reads: read both, as a client would.
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), timeout=BODY_TIMEOUT_S + 30)
+        length = re.search(rb"(?i)\r\ncontent-length: *(\d+)", head)
+        body = await asyncio.wait_for(reader.readexactly(int(length.group(1))), timeout=30) if length else b""
     finally:
         writer.close()
-    status = int(answer.split(b" ", 2)[1]) if answer else 0
-    return status, "upload_timeout" if b"upload_timeout" in answer else ""
+    status = int(head.split(b" ", 2)[1])
+    return status, "upload_timeout" if b"upload_timeout" in body else ""
 
 
 def half_sent_headers(server) -> Callable[[object], Awaitable[bytes]]:

@@ -93,8 +93,8 @@ class PlaybackProcessor extends AudioWorkletProcessor {
         this.held = null;
         this.setPlaying(false);
         return this.postStats();
-      case "stats":
-        return this.postStats();
+      case "stats": // an asked-for report carries the asker's id: it answers that request, not an older one
+        return this.postStats(msg.id);
     }
   }
 
@@ -302,7 +302,7 @@ class PlaybackProcessor extends AudioWorkletProcessor {
     }
   }
 
-  postStats() {
+  postStats(id) {
     this.sinceStats = 0;
     this.statsDirty = false;
     const current = this.turns[0];
@@ -310,6 +310,7 @@ class PlaybackProcessor extends AudioWorkletProcessor {
     for (const turn of this.turns) queued += turn.queued;
     this.port.postMessage({
       type: "stats",
+      id,
       stats: {
         ...this.stats,
         samplesPlayed: this.playedBefore + (current ? this.played(current) : 0), // server-rate samples
