@@ -252,8 +252,10 @@ def test_barge_in_clears_playback(open_page, fake_llm, bargein_wav):
     stats = page.wait_stats("s.turnsDropped >= 1 && s.playing === false", timeout_s=2)
     turn = interruption["turn_id"]
     # The voice's onset held playback first (tts_pause), before any words were known; the words stopped it.
+    # (If the pause after "Wait," comes before the transcriber has heard a word, the hold is resumed there
+    # and the words stop the reply a moment later: which one happens depends on the CPU's speed.)
     kinds = [m["type"] for m in page.received() if m.get("turn_id") == turn]
-    assert "tts_resume" not in kinds and kinds.index("tts_pause") < kinds.index("tts_interruption")
+    assert kinds.index("tts_pause") < kinds.index("tts_interruption")
     stop = [m for m in page.sent("tts_stop") if m["turn_id"] == turn][-1]
     assert stop["played_samples"] < stats["samplesReceived"]
     page.wait_for_selector(f"#transcript .msg.assistant.interrupted[data-turn='{turn}']")
