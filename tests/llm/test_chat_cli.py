@@ -7,9 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from conftest import free_port
-
 from fake_llm import DEFAULT_REPLY, FakeLLM, Script
+from server_process import free_port
 
 FAKE_LLM_SCRIPT = Path(__file__).parents[1] / "fake_llm.py"
 

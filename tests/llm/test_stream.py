@@ -6,7 +6,7 @@ import asyncio
 import time
 
 import pytest
-from conftest import llm_settings
+from llm_helpers import llm_settings
 
 from fake_llm import DEFAULT_REPLY, FakeLLM, Script
 from voicechat.llm import base

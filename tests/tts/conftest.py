@@ -2,26 +2,17 @@
 
 from __future__ import annotations
 
-import asyncio
 import shutil
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from speech import espeak_wav
-from voicechat.config import Settings
 from loop_guard import no_loop_exceptions  # noqa: F401  (autouse fixture)
+from tts_helpers import tts_settings
 
 ALICE_TEXT = "The quick brown fox jumps over the lazy dog."
 BOB_TEXT = "She sells sea shells by the sea shore today."
-
-
-def tts_settings(checkpoint: Path, voices_dir: Path, **overrides: object) -> Settings:
-    values: dict[str, object] = dict(checkpoint=str(checkpoint), voices_dir=voices_dir, device="cpu",
-                                     voice=None, tts_warmup=False)
-    values.update(overrides)
-    return Settings(_env_file=None, **values)  # type: ignore[arg-type]
 
 
 @pytest.fixture(scope="session")
@@ -62,18 +53,3 @@ def engine(chatterbox, tiny_checkpoint: Path, voices_dir: Path):
     engine = TTSEngine(chatterbox, tts_settings(tiny_checkpoint, voices_dir))
     yield engine
     engine.close()
-
-
-async def collect(stream) -> np.ndarray:
-    """Every chunk of a stream, joined."""
-    chunks = [chunk async for chunk in stream]
-    return np.concatenate(chunks) if chunks else np.zeros(0, dtype=np.int16)
-
-
-async def wait_until(predicate, timeout: float = 30.0) -> None:
-    """Wait (without blocking the loop) until ``predicate()`` is true; fail after ``timeout`` seconds."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not predicate():
-        assert loop.time() < deadline, "condition not reached in time"
-        await asyncio.sleep(0.02)

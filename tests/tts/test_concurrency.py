@@ -7,7 +7,7 @@ import math
 
 import numpy as np
 
-from conftest import collect, wait_until
+from tts_helpers import collect, wait_until
 from voicechat.tts.engine import TTSEngine, TTSParams
 from voicechat.tts.scheduler import MAX_PENDING_CHUNKS, Job, next_job
 

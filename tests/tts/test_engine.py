@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import collect, tts_settings, wait_until
+from tts_helpers import collect, tts_settings, wait_until
 from voicechat.audio import read_audio
 from voicechat.tts.engine import (
     DEFAULT_MAX_STREAMS,
