@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import shlex
-import socket
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -12,12 +11,6 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
 VOICECHAT = Path(sys.executable).with_name("voicechat")  # the console script in the same venv
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def run_voicechat(args: list[str], env: dict[str, str], cwd: Path, timeout: float = 120) -> subprocess.CompletedProcess:

@@ -17,8 +17,9 @@ from pathlib import Path
 
 import httpx
 import pytest
-from deploy_helpers import dockerfile, exec_form, final_stage, free_port, image_env
+from deploy_helpers import dockerfile, exec_form, final_stage, image_env
 from fake_llm import FakeLLM
+from server_process import free_port
 
 DOCKER_STOP_GRACE_S = 10  # what `docker stop` waits after SIGTERM before it kills
 
