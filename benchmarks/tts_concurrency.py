@@ -214,6 +214,7 @@ def engine_rows(tts, settings, counts: list[int], audio_s: float, device: str, s
     ``warm_streams``, an unreported row of that many streams runs first (on CUDA it captures most
     CUDA-graph shapes, which otherwise land inside the first rows)."""
     from voicechat.tts.engine import TTSEngine, TTSParams
+    from voicechat.tts.stages import difference
 
     started = time.perf_counter()
     engine = TTSEngine(tts, settings)
@@ -228,6 +229,7 @@ def engine_rows(tts, settings, counts: list[int], audio_s: float, device: str, s
             _, wall = loop.run_until_complete(run_engine(engine, warm_streams, params, audio_s, sentences, timeout))
             print(f"  engine, warm-up row of {warm_streams} stream(s): {wall:.1f} s", file=sys.stderr, flush=True)
         for count in counts:
+            before = engine.stages.snapshot()
             try:
                 with RssPeak(device.startswith("cuda")) as rss:
                     streams, wall = loop.run_until_complete(run_engine(engine, count, params, audio_s, sentences,
@@ -239,12 +241,26 @@ def engine_rows(tts, settings, counts: list[int], audio_s: float, device: str, s
             print(f"  engine, {count} stream(s): {wall:.1f} s; TTFA p50 {row.ttfa(50):.3f} p95 {row.ttfa(95):.3f} s; "
                   f"{row.throughput:.2f} s of audio per s ({row.throughput / count:.2f} per stream); "
                   f"underruns {row.underruns}", file=sys.stderr, flush=True)
+            print_stages(difference(engine.stages.snapshot(), before), wall)
     finally:
         closing = threading.Thread(target=engine.close, daemon=True)  # a hung engine must not hang the report
         closing.start()
         closing.join(timeout=30)
         loop.close()
     return rows, start_s
+
+
+def print_stages(counted: dict[tuple[str, str], tuple[float, int]], wall: float) -> None:
+    """Where each engine thread spent the row (tts/stages.py): share of the row's wall time and ms per
+    call of each busy stage; the rest is waiting for work, locks, hand-over and Python between stages
+    (an idle wait is counted when it ends, so it may have begun before the row: it is not shown)."""
+    for thread in sorted({thread for thread, _ in counted}):
+        stages = {stage: value for (name, stage), value in counted.items() if name == thread and stage != "idle"}
+        busy = sum(seconds for seconds, _ in stages.values())
+        parts = [f"{stage} {seconds / wall:4.0%} ({calls} x {seconds / calls * 1000:.1f} ms)"
+                 for stage, (seconds, calls) in sorted(stages.items(), key=lambda item: -item[1][0])]
+        print(f"    {thread}: " + ", ".join(parts) + f"; idle or between stages {max(0.0, wall - busy) / wall:.0%}",
+              file=sys.stderr, flush=True)
 
 
 def settings_for(checkpoint: Path, device: str, chunk_size: int, **policy: object):

@@ -111,6 +111,7 @@ async def load_services(state: AppState) -> None:
         )
         state.metrics.track_tts_streams(lambda: tts.active_streams)
         state.metrics.track_tts_load(lambda: tts.utilization)
+        state.metrics.track_tts_stages(tts.stages.snapshot)
         state.stage = "ready"
         log.info("models loaded and warmed up in %.1f s", time.monotonic() - started)
         await state.check_llm(llm)

@@ -8,6 +8,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily
 
 LATENCY_BUCKETS = (0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0, 30.0)
 
@@ -60,5 +61,27 @@ class Metrics:
         """Read the TTS engine's load (active streams / its capacity) at each scrape."""
         self.tts_load.set_function(load)
 
+    def track_tts_stages(self, snapshot: Callable[[], dict[tuple[str, str], tuple[float, int]]]) -> None:
+        """Export the TTS engine's seconds per (thread, stage) (tts/stages.py) at each scrape."""
+        self.registry.register(_StageSeconds(snapshot))
+
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+class _StageSeconds:
+    """A collector: the TTS engine's busy and idle seconds per thread and stage, read at each scrape."""
+
+    def __init__(self, snapshot: Callable[[], dict[tuple[str, str], tuple[float, int]]]):
+        self._snapshot = snapshot
+
+    def collect(self):  # noqa: ANN201 - prometheus_client's collector protocol
+        family = CounterMetricFamily(
+            "voicechat_tts_stage_seconds",
+            "Seconds the TTS engine's threads spent per stage (T3: prefill, sample, forward; S3Gen lanes: "
+            "flow, vocode, watermark; idle: waiting for work).",
+            labels=["thread", "stage"],
+        )
+        for (thread, stage), (seconds, _) in sorted(self._snapshot().items()):
+            family.add_metric([thread, stage], seconds)
+        yield family

@@ -50,6 +50,7 @@ from voicechat.audio import AudioFormatError, float32_to_int16, read_audio, writ
 from voicechat.protocol import is_voice_name
 from voicechat.tts.scheduler import Job, next_job
 from voicechat.tts.segmenter import Segmenter
+from voicechat.tts.stages import StageClock
 from voicechat.tts.t3_decoder import SPEECH_VOCAB
 
 if TYPE_CHECKING:
@@ -366,13 +367,15 @@ class TTSEngine:
         self._first_chunk_tokens = settings.tts_first_chunk_tokens
         kind = torch.device(self._device).type
         self.max_streams: int = settings.tts_max_streams or DEFAULT_MAX_STREAMS.get(kind, 4)
+        self.stages = StageClock()  # where the threads spend their time (stages.py; /metrics)
         self._decoder = T3Decoder(tts.t3, slots=self.max_streams, bf16=settings.tts_bf16,
                                   cuda_graphs=settings.tts_cuda_graphs)
         # Two render lanes, each a thread with its own Renderer (graph cache) and, on CUDA, its own CUDA
         # stream, so S3Gen runs while T3 decodes: "first" renders the chunks of streams whose listener
         # still hears silence (never queued behind other streams' steady chunks), "steady" the rest.
         self._lanes = [_Lane(name, Renderer(tts, first_chunk_ref_s=settings.tts_first_chunk_ref_s,
-                                            cuda_graphs=settings.tts_cuda_graphs), first=(name == "first"))
+                                            cuda_graphs=settings.tts_cuda_graphs, clock=self.stages),
+                             first=(name == "first"))
                        for name in ("first", "steady")]
         self._lock = threading.Condition()
         self._jobs: list[Job] = []
@@ -573,8 +576,12 @@ class TTSEngine:
         with torch.inference_mode():
             while True:
                 with self._lock:
+                    idle_since = None
                     while not (self._closing or self._calls or self._dropped or self._slots or self._joinable()):
+                        idle_since = idle_since or time.perf_counter()
                         self._lock.wait()
+                    if idle_since is not None:
+                        self.stages.add("idle", time.perf_counter() - idle_since)
                     if self._closing:
                         break
                     dropped, self._dropped = self._dropped, []
@@ -585,7 +592,9 @@ class TTSEngine:
                     function, future = call
                     if future.set_running_or_notify_cancel():
                         try:
-                            future.set_result(function())
+                            with self.stages.stage("call"):
+                                result = function()
+                            future.set_result(result)
                         except BaseException as error:  # handed to the caller, never kills this thread
                             future.set_exception(error)
                 self._turn()
@@ -599,11 +608,13 @@ class TTSEngine:
         with self._lock:  # one prefill per turn (it stalls the others): the most urgent joiner's
             job = next_job(self._joinable())
         if job is not None:
-            self._start_segment(job)
+            with self.stages.stage("prefill"):
+                self._start_segment(job)
         if not self._slots:
             return
         try:
-            decoder.sample()
+            with self.stages.stage("sample"):
+                decoder.sample()
         except Exception as error:
             self._fail_decoding(error)
             return
@@ -622,7 +633,8 @@ class TTSEngine:
             self._leave(job)
         if self._slots:
             try:
-                decoder.forward()
+                with self.stages.stage("forward"):
+                    decoder.forward()
             except Exception as error:
                 self._fail_decoding(error)
 
@@ -691,8 +703,12 @@ class TTSEngine:
         with torch.inference_mode(), (torch.cuda.stream(stream) if stream is not None else nullcontext()):
             while True:
                 with self._lock:
+                    idle_since = None
                     while not (self._closing or (chunks := self._ready_chunks(lane))):
+                        idle_since = idle_since or time.perf_counter()
                         self._lock.wait()
+                    if idle_since is not None:
+                        self.stages.add("idle", time.perf_counter() - idle_since)
                     if self._closing:
                         break
                     for _, segment, _, _ in chunks:

@@ -59,6 +59,7 @@ import torch
 import torch.nn.functional as F
 
 from voicechat.audio import SPEECH_SAMPLE_RATE as SAMPLE_RATE
+from voicechat.tts.stages import StageClock
 
 if TYPE_CHECKING:
     from chatterbox.tts import ChatterboxTTS
@@ -120,7 +121,8 @@ class Renderer:
 
     def __init__(self, tts: ChatterboxTTS, *, context_tokens: int = CONTEXT_TOKENS,
                  overlap_frames: int = OVERLAP_FRAMES, first_chunk_ref_s: float | None = None,
-                 flow_steps: int = FLOW_STEPS, cuda_graphs: bool = False, frame_bucket: int | None = None):
+                 flow_steps: int = FLOW_STEPS, cuda_graphs: bool = False, frame_bucket: int | None = None,
+                 clock: StageClock | None = None):
         if overlap_frames < 1 or context_tokens < 0 or flow_steps < 1:
             raise ValueError("overlap_frames and flow_steps must be >= 1, context_tokens >= 0")
         self._tts = tts
@@ -130,6 +132,7 @@ class Renderer:
         self._overlap = overlap_frames
         self._first_ref_tokens = None if first_chunk_ref_s is None else max(1, round(first_chunk_ref_s * 25))
         self._steps = flow_steps
+        self._clock = clock or StageClock()  # counts flow / vocode / watermark (the engine's clock)
         self._graphs = _SolveGraphs(self) if (cuda_graphs and self._device.type == "cuda") else None
         # Padding batches to a frame bucket keeps graph shapes few; it is exact, so it may also be tested
         # without graphs (frame_bucket).
@@ -150,15 +153,18 @@ class Renderer:
         """float32 24 kHz mono audio (1-D numpy, watermarked) and the state to carry, per request, in
         order. All requests' flow matching runs as one batch; their vocoding in batches of equal length."""
         with torch.inference_mode():
-            jobs = [self._plan(request) for request in requests]
-            flowing = [job for job in jobs if job.end > job.state.done]
-            if flowing:
-                self._flow(flowing)
+            with self._clock.stage("flow"):
+                jobs = [self._plan(request) for request in requests]
+                flowing = [job for job in jobs if job.end > job.state.done]
+                if flowing:
+                    self._flow(flowing)
             vocoding = [job for job in jobs if job.mel is not None]
             if vocoding:
-                self._vocode(vocoding)
-            for job in jobs:
-                self._finish(job)
+                with self._clock.stage("vocode"):
+                    self._vocode(vocoding)
+            with self._clock.stage("watermark"):
+                for job in jobs:
+                    self._finish(job)
         return [(job.audio, job.state) for job in jobs]
 
     def warm_graphs(self, ref: dict, sizes: list[int], batches: list[int]) -> None:
