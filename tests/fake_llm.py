@@ -41,6 +41,17 @@ DEFAULT_REPLY = (
     "Ask me anything, and I will answer in a few short sentences."
 )
 DEFAULT_MODEL = "llama3.2:3b"  # the default of VOICECHAT_MODEL
+# What the tests of the real server script it to say: one sentence, and a story long enough to talk over.
+SHORT_REPLY = "Paris is the capital of France."
+LONG_REPLY = " ".join(
+    [
+        "Once upon a time there was a little lighthouse on a rocky island far out at sea.",
+        "Every night it sent its beam across the water to guide the fishing boats home.",
+        "The keeper was an old woman who loved the storms and the seabirds.",
+        "One winter a great fog rolled in and the light had to shine brighter than ever.",
+        "The boats followed it through the dark and every one of them came home safely.",
+    ]
+)
 
 
 def split_tokens(text: str) -> list[str]:

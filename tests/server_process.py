@@ -1,6 +1,7 @@
 """Run the real `voicechat serve` in a subprocess on loopback, and always stop it.
 
-Used by the server tests, the browser tests and the benchmarks.
+Used by the server tests, the browser tests and the benchmarks; `served_by_fake_llm` makes the pytest
+fixtures of a test module that talks to one such server on a fake LLM.
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
+import pytest
+from fake_llm import FakeLLM, Script
 
 
 def free_port() -> int:
@@ -91,6 +94,39 @@ def running_server(
             process.kill()
             process.wait(timeout=15)
         log_file.close()
+
+
+def served_by_fake_llm(reply: str, *, env: dict[str, str] | None = None):  # type: ignore[no-untyped-def]
+    """The fixtures of a test module that talks to one real server on a loopback LLM.
+
+    ``fake_llm``: the fake LLM, answering ``reply`` at 10 ms a token; ``server``: `voicechat serve` on the
+    tiny models and that LLM, ``env`` added to its environment; both live for the module. ``default_script``
+    (autouse) gives the fake its ``reply`` back before each test, whatever the last test scripted. A test
+    module binds all three under these names::
+
+        fake_llm, server, default_script = served_by_fake_llm(REPLY, env={"VOICECHAT_MAX_SESSIONS": "4"})
+    """
+
+    def script() -> Script:
+        return Script(reply=reply, token_delay=0.01)
+
+    @pytest.fixture(scope="module")
+    def fake_llm() -> Iterator[FakeLLM]:
+        with FakeLLM(script()) as fake:
+            yield fake
+
+    @pytest.fixture(scope="module")
+    def server(fake_llm: FakeLLM, tiny_checkpoint: Path, whisper_tiny_dir: Path) -> Iterator[ServerProcess]:
+        with running_server(
+            checkpoint=tiny_checkpoint, stt_model=whisper_tiny_dir, llm_url=fake_llm.url, env=env
+        ) as process:
+            yield process
+
+    @pytest.fixture(autouse=True)
+    def default_script(fake_llm: FakeLLM) -> None:
+        fake_llm.set_scripts(script())
+
+    return fake_llm, server, default_script
 
 
 def wait_until_ready(server: ServerProcess, timeout: float) -> None:

@@ -15,6 +15,9 @@ from speech import espeak_wav, read_pcm16, silence
 
 CHROMIUM = Path("/usr/bin/chromium")
 MODEL = "test-model"  # the model name running_server passes to `voicechat serve`
+# Not fake_llm's SHORT_REPLY / LONG_REPLY (the server tests'): these answer the question the browser tests
+# type ("Tell me about the weather."), and open with a whole one-word sentence, so a reply the fake LLM
+# fails after a few tokens (stream_error_after) has a sentence to have spoken.
 SHORT_REPLY = "Sure. It is sunny and warm."
 LONG_REPLY = (
     "Sure. The sky is clear and the air is warm. A light breeze comes from the west, and it should stay "

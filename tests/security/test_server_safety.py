@@ -21,8 +21,7 @@ import numpy as np
 import pytest
 import soundfile
 import websockets
-from fake_llm import FakeLLM, Script
-from server_process import running_server
+from server_process import served_by_fake_llm
 from speech import espeak_wav
 
 from voicechat.client import VoiceChatClient
@@ -34,26 +33,14 @@ AUTH = {"Authorization": f"Bearer {TOKEN}"}
 REPLY = "Paris is the capital of France."
 BODY_TIMEOUT_S = 2
 PER_IP = 3  # the neighbour and two more
+ENV = {
+    "VOICECHAT_ACCESS_TOKEN": TOKEN,
+    "VOICECHAT_BODY_TIMEOUT_S": str(BODY_TIMEOUT_S),
+    "VOICECHAT_MAX_SESSIONS_PER_IP": str(PER_IP),
+    "VOICECHAT_MAX_SESSIONS": "8",
+}
 
-
-@pytest.fixture(scope="module")
-def fake_llm():
-    with FakeLLM(Script(reply=REPLY, token_delay=0.01)) as fake:
-        yield fake
-
-
-@pytest.fixture(scope="module")
-def server(fake_llm, tiny_checkpoint, whisper_tiny_dir):
-    env = {
-        "VOICECHAT_ACCESS_TOKEN": TOKEN,
-        "VOICECHAT_BODY_TIMEOUT_S": str(BODY_TIMEOUT_S),
-        "VOICECHAT_MAX_SESSIONS_PER_IP": str(PER_IP),
-        "VOICECHAT_MAX_SESSIONS": "8",
-    }
-    with running_server(
-        checkpoint=tiny_checkpoint, stt_model=whisper_tiny_dir, llm_url=fake_llm.url, env=env
-    ) as process:
-        yield process
+fake_llm, server, default_script = served_by_fake_llm(REPLY, env=ENV)
 
 
 def ws_url(server, token: str | None = TOKEN) -> str:

@@ -18,8 +18,8 @@ from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 import pytest
-from fake_llm import FakeLLM, Script
-from server_process import running_server
+from fake_llm import Script
+from server_process import served_by_fake_llm
 from speech import silence
 
 from voicechat.client import VoiceChatClient
@@ -39,22 +39,7 @@ ENV = {
     "VOICECHAT_LLM_MAX_REPLY_CHARS": "60000",  # the endless reply's partial answers fill any buffer
 }
 
-
-@pytest.fixture(scope="module")
-def fake_llm():
-    with FakeLLM(Script(reply=REPLY, token_delay=0.01)) as fake:
-        yield fake
-
-
-@pytest.fixture(scope="module")
-def server(fake_llm, tiny_checkpoint, whisper_tiny_dir):
-    with running_server(checkpoint=tiny_checkpoint, stt_model=whisper_tiny_dir, llm_url=fake_llm.url, env=ENV) as process:
-        yield process
-
-
-@pytest.fixture(autouse=True)
-def default_script(fake_llm):
-    fake_llm.set_scripts(Script(reply=REPLY, token_delay=0.01))
+fake_llm, server, default_script = served_by_fake_llm(REPLY, env=ENV)
 
 
 async def closed(client: VoiceChatClient, timeout: float = 60) -> int | None:

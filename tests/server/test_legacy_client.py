@@ -19,8 +19,8 @@ from typing import Any
 import numpy as np
 import pytest
 import websockets
-from fake_llm import FakeLLM, Script
-from server_process import running_server
+from fake_llm import LONG_REPLY, SHORT_REPLY, FakeLLM, Script
+from server_process import served_by_fake_llm
 from speech import espeak_wav, read_pcm16, silence
 
 from voicechat.audio import resample
@@ -29,16 +29,6 @@ from voicechat.protocol import FRAME_HEADER, LEGACY_OUTPUT_RATE
 
 pytestmark = pytest.mark.timeout(300)
 
-SHORT_REPLY = "Paris is the capital of France."
-LONG_REPLY = " ".join(
-    [
-        "Once upon a time there was a little lighthouse on a rocky island far out at sea.",
-        "Every night it sent its beam across the water to guide the fishing boats home.",
-        "The keeper was an old woman who loved the storms and the seabirds.",
-        "One winter a great fog rolled in and the light had to shine brighter than ever.",
-        "The boats followed it through the dark and every one of them came home safely.",
-    ]
-)
 ORIGINAL_TYPES = {
     "partial_user_request", "final_user_request", "partial_assistant_answer", "final_assistant_answer",
     "tts_chunk", "stop_tts", "tts_interruption",
@@ -125,21 +115,7 @@ def speech(text: str, rate: int, *, before: float = 0.3, after: float = 2.5) -> 
     return np.concatenate([silence(before, rate), resample(pcm, wav_rate, rate), silence(after, rate)])
 
 
-@pytest.fixture(scope="module")
-def fake_llm():
-    with FakeLLM(Script(reply=SHORT_REPLY, token_delay=0.01)) as fake:
-        yield fake
-
-
-@pytest.fixture(scope="module")
-def server(fake_llm, tiny_checkpoint, whisper_tiny_dir):
-    with running_server(checkpoint=tiny_checkpoint, stt_model=whisper_tiny_dir, llm_url=fake_llm.url) as process:
-        yield process
-
-
-@pytest.fixture(autouse=True)
-def default_script(fake_llm):
-    fake_llm.set_scripts(Script(reply=SHORT_REPLY, token_delay=0.01))
+fake_llm, server, default_script = served_by_fake_llm(SHORT_REPLY)
 
 
 @pytest.mark.parametrize("rate", [44_100, 48_000])
