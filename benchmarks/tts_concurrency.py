@@ -33,6 +33,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from model_options import add_model_options, checkpoint_of
 
 TEXTS = [
     "The weather is lovely this afternoon, so I would suggest a walk in the park.",
@@ -407,20 +408,14 @@ def attempt(name: str, function, *args):
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--variant", choices=["tiny", "full"], default="full")
-    parser.add_argument("--seed", type=int, default=0, help="checkpoint seed")
-    parser.add_argument("--checkpoint", type=Path, default=None, help="use this directory instead of building one")
-    parser.add_argument("--cache-dir", type=Path, default=Path.home() / ".cache" / "voicechat-bench")
-    parser.add_argument("--device", default="auto")
+    add_model_options(parser, variant="full")
     parser.add_argument("--streams", default="1,2,4,8", help="comma-separated numbers of concurrent streams")
     parser.add_argument("--audio-s", type=float, default=1.5, help="seconds of audio measured per stream")
-    parser.add_argument("--chunk-size", type=int, default=25)
     parser.add_argument("--first-chunk", type=int, default=10, help="first-chunk policy: tokens of the first chunk")
     parser.add_argument("--first-ref-s", type=float, default=1.0, help="first-chunk policy: reference prompt seconds")
     parser.add_argument("--t3-steps", type=int, default=25, help="decode steps for the T3 tokens/s row")
     parser.add_argument("--s3gen-streams", type=int, default=None,
                         help="streams of the S3Gen-alone batched row (default: the largest N)")
-    parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (CPU)")
     parser.add_argument("--sentences", type=int, default=1,
                         help="sentences (segments) per stream's text: more measures sustained real time")
     parser.add_argument("--raw-max", type=int, default=None,
@@ -434,17 +429,12 @@ def main() -> int:
 
     import torch
 
-    from voicechat.tts.checkpoint import ensure_checkpoint, load_chatterbox
+    from voicechat.tts.checkpoint import load_chatterbox
     from voicechat.tts.engine import TTSParams, detect_device
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    checkpoint = args.checkpoint
-    if checkpoint is None:
-        started = time.perf_counter()
-        checkpoint = ensure_checkpoint(args.cache_dir / "checkpoints" / f"{args.variant}-seed{args.seed}",
-                                       variant=args.variant, seed=args.seed)
-        print(f"checkpoint {checkpoint} ready in {time.perf_counter() - started:.1f} s", flush=True)
+    checkpoint = checkpoint_of(args)
     device = detect_device(args.device)
     cuda = device.startswith("cuda")
     gpu = torch.cuda.get_device_name(0) if cuda else None

@@ -20,9 +20,9 @@ import resource
 import statistics
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
+from model_options import add_model_options, checkpoint_of
 
 TEXTS = {
     "short": "Hello! How can I help you today?",
@@ -99,32 +99,21 @@ async def run_ours(engine, text: str, params) -> tuple[float, float, float, floa
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--variant", choices=["tiny", "full"], default="tiny")
-    parser.add_argument("--seed", type=int, default=0, help="checkpoint seed")
-    parser.add_argument("--checkpoint", type=Path, default=None, help="use this directory instead of building one")
-    parser.add_argument("--cache-dir", type=Path, default=Path.home() / ".cache" / "voicechat-bench")
-    parser.add_argument("--device", default="auto")
+    add_model_options(parser, variant="tiny")
     parser.add_argument("--reps", type=int, default=5, help="repetitions per text and side")
-    parser.add_argument("--chunk-size", type=int, default=25)
-    parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (CPU)")
     args = parser.parse_args()
 
     import torch
     from chatterbox.tts import ChatterboxTTS
 
     from voicechat.config import load_settings
-    from voicechat.tts.checkpoint import ensure_checkpoint, load_chatterbox
+    from voicechat.tts.checkpoint import load_chatterbox
     from voicechat.tts.engine import TTSEngine, TTSParams, detect_device, split_for_speech
 
     if args.threads:
         torch.set_num_threads(args.threads)
     mark_chatterbox_calls(ChatterboxTTS)
-    checkpoint = args.checkpoint
-    if checkpoint is None:
-        started = time.perf_counter()
-        checkpoint = ensure_checkpoint(args.cache_dir / "checkpoints" / f"{args.variant}-seed{args.seed}",
-                                       variant=args.variant, seed=args.seed)
-        print(f"checkpoint {checkpoint} ready in {time.perf_counter() - started:.1f} s")
+    checkpoint = checkpoint_of(args)
     device = detect_device(args.device)
     gpu = torch.cuda.get_device_name(0) if device.startswith("cuda") else None
     print(f"device: {device}{f' ({gpu})' if gpu else ''}, torch threads: {torch.get_num_threads()}")
