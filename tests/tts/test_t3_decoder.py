@@ -122,6 +122,36 @@ def test_neighbours_do_not_change_a_streams_sampling(chatterbox) -> None:
     assert first[0] == second[0] and first[1] != second[1]
 
 
+def test_a_voices_conditioning_prefix_is_computed_once_and_kept_bounded(chatterbox) -> None:
+    """A prefill after a kept conditioning prefix runs only the text: its logits equal a whole causal
+    prefill's within float rounding; each conditioning is kept once, the most recent PREFIXES of them."""
+    from chatterbox.models.t3.modules.cond_enc import T3Cond
+
+    from voicechat.tts.t3_decoder import PREFIXES
+
+    tts = chatterbox
+    decoder = T3Decoder(tts.t3, slots=2)
+    with torch.inference_mode():
+        first = decoder.prompt(tts.conds.t3, text_tokens(tts, TEXTS[0]))
+        second = decoder.prompt(tts.conds.t3, text_tokens(tts, TEXTS[1]))
+        assert decoder.cached_prefixes == 1, "one voice, one prefix, whatever the text"
+        stream = decoder.join(second, seed=0, cfg_weight=0.5, temperature=0.8)
+        decoder._reserve(2, second.shape[1] + 1)
+        whole = decoder._prefill(1, second, None)  # the same prompt, every position run, into the free slot
+        assert (stream.logits - whole).abs().max().item() < 1e-5 * whole.abs().max().item()
+        assert stream.logits.shape == whole.shape == (2, decoder.vocab)
+
+        def voice(exaggeration: float) -> T3Cond:
+            base = tts.conds.t3
+            return T3Cond(speaker_emb=base.speaker_emb, cond_prompt_speech_tokens=base.cond_prompt_speech_tokens,
+                          emotion_adv=exaggeration * torch.ones(1, 1, 1))
+
+        for step in range(PREFIXES + 2):
+            decoder.prompt(voice(0.1 + step / 100), text_tokens(tts, TEXTS[2]))
+        assert decoder.cached_prefixes == PREFIXES
+        assert decoder._prefix_of(first) is None, "the oldest conditioning was let go"
+
+
 def test_a_prompt_too_long_for_a_slot_is_refused(chatterbox) -> None:
     decoder = T3Decoder(chatterbox.t3, slots=1, max_context=MAX_NEW_TOKENS + 20)
     with torch.inference_mode(), pytest.raises(PromptTooLongError, match="too long"):
