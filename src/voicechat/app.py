@@ -17,7 +17,7 @@ from fastapi import FastAPI, Request, WebSocket
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
-from starlette.websockets import WebSocketDisconnect
+from starlette.websockets import WebSocketDisconnect, WebSocketState
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from voicechat import protocol as p
@@ -31,7 +31,7 @@ from voicechat.llm import LLM, LLMError, create_llm
 from voicechat.llm.local import LocalLLM
 from voicechat.loading import LoadProgress, hub_cache_folder, report_until_ready, whisper_repo
 from voicechat.metrics import Metrics
-from voicechat.resume import ResumeStore
+from voicechat.resume import ResumeStore, resuming_past_cap
 from voicechat.session import Services, Session
 from voicechat.stt.listener import SpeechModels
 from voicechat.tts.engine import TTSEngine
@@ -205,19 +205,31 @@ def create_app(settings: Settings) -> FastAPI:
 
     async def refuse(websocket: WebSocket, code: str, message: str) -> None:
         state.metrics.sessions_refused.inc()
+        if websocket.client_state == WebSocketState.DISCONNECTED:  # it left while the door read its hello
+            return
         await websocket.send_text(p.error_message(code, message, fatal=True))
         await websocket.close(p.CLOSE_SERVER_FULL)
+
+    def over_cap(address: str) -> tuple[str, str] | None:
+        """Why the door is shut to a new conversation from ``address`` (a code and its message), or None."""
+        if state.sessions >= session_cap():
+            return "server_full", f"the server is busy with {session_cap()} conversations; try again later"
+        if state.sessions_by_address.get(address, 0) >= settings.max_sessions_per_ip:
+            many = f"{settings.max_sessions_per_ip} conversations are already open from your address; close one first"
+            return "too_many_connections", many
+        return None
 
     @app.websocket("/ws")
     async def conversation(websocket: WebSocket) -> None:
         await websocket.accept()
         address = websocket.client.host if websocket.client else "unknown"
-        if state.sessions >= session_cap():
-            busy = f"the server is busy with {session_cap()} conversations; try again later"
-            return await refuse(websocket, "server_full", busy)
-        if state.sessions_by_address.get(address, 0) >= settings.max_sessions_per_ip:
-            many = f"{settings.max_sessions_per_ip} conversations are already open from your address; close one first"
-            return await refuse(websocket, "too_many_connections", many)
+        if (refusal := over_cap(address)) is not None:
+            # A page resuming a conversation whose dropped socket still counts takes that conversation's
+            # place, so the cap it meets is its own: its hello, with a valid token, lets it in (resume.py).
+            resuming = await resuming_past_cap(websocket, state.resumes, settings.hello_timeout_s)
+            if resuming is None:
+                return await refuse(websocket, *refusal)
+            websocket = resuming
         state.sessions += 1
         state.sessions_by_address[address] = state.sessions_by_address.get(address, 0) + 1
         state.metrics.sessions.inc()
