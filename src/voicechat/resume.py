@@ -46,6 +46,7 @@ class _Parked:
 class _Live:
     token: str
     hand_over: Callable[[], Awaitable[Any]]  # the live session gives up its state and ends
+    claimed: bool = False  # a connection was let in past the caps to take it over (claim)
 
 
 class ResumeStore:
@@ -77,6 +78,17 @@ class ResumeStore:
         """The live conversation ended (it parks itself next, if it may be resumed)."""
         self._live.pop(session_id, None)
 
+    def claim(self, session_id: str, token: str) -> bool:
+        """True, once, if ``token`` resumes the conversation held live under ``session_id``. A server at a cap
+        lets that connection in: the conversation it resumes holds a slot, which the hand-over frees. Once
+        only, so that one token never brings two connections past a cap. A parked conversation holds no
+        slot and is not claimed: it waits for a free one like any other."""
+        live = self._live.get(session_id)
+        if live is None or live.claimed or not _same(live.token, token):
+            return False
+        live.claimed = True
+        return True
+
     async def take(self, session_id: str, token: str) -> Any | None:
         """The conversation's state, once, if the token matches; None when unknown, expired or wrong."""
         live = self._live.get(session_id)
@@ -98,6 +110,40 @@ class ResumeStore:
         parked = self._parked.pop(session_id, None)
         if parked is not None:
             parked.timer.cancel()
+
+
+async def resuming_past_cap(websocket: WebSocket, store: ResumeStore, timeout_s: float) -> WebSocket | None:
+    """At a cap: read the new connection's first message (within ``timeout_s``). If it is a hello that
+    claims a live conversation (ResumeStore.claim), the connection goes on, its hello read again first;
+    otherwise None, and the door refuses it as it would have at once."""
+    try:
+        first = await asyncio.wait_for(websocket.receive(), timeout_s)
+    except asyncio.TimeoutError:
+        return None
+    try:
+        hello = p.parse_client_message(first.get("text") or "")
+    except p.ProtocolError:
+        return None
+    resume = hello.resume if isinstance(hello, p.Hello) else None
+    if resume is None or not store.claim(resume.session_id, resume.token):
+        return None
+    log.info("resume of %s let in past the cap (it takes its own place)", resume.session_id)
+    return _Replayed(websocket, first)  # type: ignore[return-value]
+
+
+class _Replayed:
+    """A socket whose first message was already read: it gives that message again, then the rest."""
+
+    def __init__(self, websocket: WebSocket, first: dict[str, Any]) -> None:
+        self._ws = websocket
+        self._first: dict[str, Any] | None = first
+
+    def __getattr__(self, name: str) -> Any:  # client, send_text, close ...: the socket's own
+        return getattr(self._ws, name)
+
+    async def receive(self) -> dict[str, Any]:
+        first, self._first = self._first, None
+        return first if first is not None else await self._ws.receive()
 
 
 def _same(expected: str, given: str) -> bool:

@@ -4,26 +4,32 @@ conversation still held on a dead socket is handed over); a wrong, reused, unkno
 ``resume_failed`` and a fresh conversation.
 
 In-process, scripted (tests/server/session_script.py): each connection is a Session on a fake socket,
-all sharing one ResumeStore as the server's do. The real-server test is in test_session_limits.py.
+all sharing one ResumeStore as the server's do. Against the real server: a resume at a full server (here)
+and a TCP abort then resume (test_session_limits.py).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
 import pytest
+import websockets
 from fake_llm import FakeLLM, Script
+from server_process import running_server
 from loop_guard import no_loop_exceptions  # noqa: F401  (autouse fixture)
 from server.session_script import CHUNK, WAIT_S, Conversation
 
+from voicechat.client import VoiceChatClient
 from voicechat.config import Settings
 from voicechat.guard import Ending
 from voicechat.resume import ResumeStore
 
 REPLY = "Paris is the capital of France. It has about two million people. The Seine runs through it."
+SHORT_REPLY = "Paris is the capital of France."
 
 
 @pytest.fixture
@@ -150,3 +156,84 @@ async def test_a_conversation_still_held_on_a_dead_socket_is_handed_over(fake: F
                 ("user", "And Berlin?"),
             ]
     assert len(server.resumes) == 1  # only the newest connection parked it
+
+
+async def test_a_live_conversation_is_claimed_once_and_only_with_its_token() -> None:
+    """What lets a resume past a full server's caps: its own live conversation's token, once."""
+    store = ResumeStore(grace_s=60.0, max_parked=8)
+
+    async def hand_over() -> str:
+        return "the conversation"
+
+    store.live("abc", "right", hand_over)
+    assert not store.claim("abc", "wrong") and not store.claim("nobody", "right")
+    assert store.claim("abc", "right")
+    assert not store.claim("abc", "right")  # one token never lets two connections past a cap
+    assert await store.take("abc", "right") == "the conversation"  # the claim does not spend the token
+    store.park("parked", "its-token", "state")
+    assert not store.claim("parked", "its-token")  # it holds no slot: it waits for a free one
+    store.close()
+
+
+async def stranger(url: str, resume: dict[str, str] | None = None) -> tuple[str, int | None]:
+    """A new connection's hello (with ``resume`` if given): the error it gets and its close code."""
+    client = await VoiceChatClient(url).connect(send_hello=False)
+    try:
+        hello: dict[str, Any] = {"type": "hello", "protocol": 1, "sample_rate": 16000}
+        if resume is not None:
+            hello["resume"] = resume
+        with contextlib.suppress(websockets.ConnectionClosed):  # a server that refuses at once may be gone
+            await client.send(hello)
+        error = await client.wait_for("error", timeout=60)
+        await client.wait_until(lambda: client.closed_code is not None, timeout=60)
+        return error["code"], client.closed_code
+    finally:
+        await client.close()
+
+
+@pytest.mark.parametrize(
+    ("cap", "refusal"),
+    [("VOICECHAT_MAX_SESSIONS", "server_full"), ("VOICECHAT_MAX_SESSIONS_PER_IP", "too_many_connections")],
+)
+async def test_a_resume_is_let_in_at_a_full_server_and_a_stranger_is_not(
+    cap: str, refusal: str, tiny_checkpoint, whisper_tiny_dir
+) -> None:
+    """A cap of 1, held by a conversation whose network dropped (its socket neither reads nor closes, as a
+    dropped network looks until the server's ping times out). Its page comes back with its token at once:
+    the conversation goes on. A newcomer without a token, or with a made-up one, is still refused."""
+    with FakeLLM(Script(reply=SHORT_REPLY, token_delay=0.01)) as fake, running_server(
+        checkpoint=tiny_checkpoint, stt_model=whisper_tiny_dir, llm_url=fake.url, env={cap: "1"}
+    ) as server:
+        first = await VoiceChatClient(server.ws_url).connect(timeout=120)
+        try:
+            await first.send({"type": "text_message", "content": "My name is Ada."})
+            answer = await first.wait_for("final_assistant_answer", timeout=120)
+            await first.wait_for("tts_end", where=lambda m: m["turn_id"] == answer["turn_id"], timeout=120)
+            await first.report_played(answer["turn_id"])  # all of it was heard before the drop
+            await first.wait_until(lambda: first.of_type("status")[-1]["state"] == "listening", timeout=60)
+            assert first.hello is not None
+            resume = {"session_id": first.hello["session_id"], "token": first.hello["resume_token"]}
+            first._ws.transport.pause_reading()  # the network drops: nothing more is read, no pong, no close
+
+            assert await stranger(server.ws_url) == (refusal, 1013)
+            made_up = {**resume, "token": "made-up-" + resume["token"][8:]}
+            assert await stranger(server.ws_url, made_up) == (refusal, 1013)
+
+            second = await VoiceChatClient(server.ws_url).connect(send_hello=False)
+            try:
+                await second.send({"type": "hello", "protocol": 1, "sample_rate": 16000, "resume": resume})
+                greeting = await second.wait_for("hello", timeout=60)
+                assert greeting["resumed"] is True and greeting["session_id"] == resume["session_id"]
+                await second.send({"type": "text_message", "content": "What is my name?"})
+                await second.wait_for("final_assistant_answer", timeout=120)
+                sent = [(m["role"], m["content"]) for m in fake.chat_requests()[-1].body["messages"][1:]]
+                assert sent == [("user", "My name is Ada."), ("assistant", SHORT_REPLY), ("user", "What is my name?")]
+                assert not second.of_type("error")
+                assert await stranger(server.ws_url) == (refusal, 1013)  # the resumed one holds the slot
+                assert await stranger(server.ws_url, resume) == (refusal, 1013)  # a spent token lets nobody in
+            finally:
+                await second.close()
+        finally:
+            first._ws.transport.abort()
+            await asyncio.gather(first._reader, return_exceptions=True)
+        assert "Traceback" not in server.log_tail(100000)
