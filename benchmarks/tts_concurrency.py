@@ -230,6 +230,10 @@ def engine_rows(tts, settings, counts: list[int], audio_s: float, device: str, s
             _, wall = loop.run_until_complete(run_engine(engine, warm_streams, params, audio_s, sentences, timeout))
             print(f"  engine, warm-up row of {warm_streams} stream(s): {wall:.1f} s", file=sys.stderr, flush=True)
         for count in counts:
+            # Each row starts from a quiet engine, as the raw side does: a chunk that a lane was rendering
+            # when the previous row (or the warm-up) cancelled its streams is rendered to its end first.
+            while engine.busy:
+                time.sleep(0.05)
             before = engine.stages.snapshot()
             try:
                 with RssPeak(device.startswith("cuda")) as rss:

@@ -372,3 +372,31 @@ async def test_preparing_an_uploaded_voice_does_not_stop_other_streams(
         release.set()
         await asyncio.gather(upload, return_exceptions=True)
         (voices_dir / "erin.wav").unlink(missing_ok=True)
+
+
+async def test_busy_until_a_cancelled_streams_render_has_ended(engine: TTSEngine, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``busy`` (benchmarks wait on it between rows) stays true while a lane still renders a chunk of a
+    stream cancelled mid-render, and turns false once that render has ended."""
+    import threading
+
+    first_lane = next(lane for lane in engine._lanes if lane.first)
+    inside, release = threading.Event(), threading.Event()
+    real = first_lane.renderer.render
+
+    def held(requests):
+        inside.set()
+        release.wait(timeout=120)
+        return real(requests)
+
+    await wait_until(lambda: not engine.busy)
+    monkeypatch.setattr(first_lane.renderer, "render", held)
+    stream = engine.stream(TEXT, TTSParams(seed=1))
+    try:
+        assert engine.busy
+        await asyncio.to_thread(inside.wait, 120)  # its first chunk is inside the render
+        stream.cancel()
+        await wait_until(lambda: engine.active_streams == 0 and engine._decoder.active == [])
+        assert engine.busy, "the held render has not ended"
+    finally:
+        release.set()
+    await wait_until(lambda: not engine.busy)

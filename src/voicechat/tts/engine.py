@@ -380,6 +380,7 @@ class TTSEngine:
         self._lock = threading.Condition()
         self._jobs: list[Job] = []
         self._dropped: list[Job] = []
+        self._rendering = 0  # lanes inside a render call (it runs to its end, even for a cancelled stream)
         self._calls: deque[tuple[Callable[[], Any], concurrent.futures.Future]] = deque()
         self._closing = False
         self._voice_conds: dict[str, Conditionals] = {}
@@ -509,6 +510,13 @@ class TTSEngine:
         """Streams started and not yet finished or cancelled."""
         with self._lock:
             return len(self._jobs)
+
+    @property
+    def busy(self) -> bool:
+        """True while any stream is active, a cancelled one is not yet released, or a lane still renders
+        (a chunk of a stream cancelled mid-render is rendered to its end, then dropped)."""
+        with self._lock:
+            return bool(self._jobs or self._dropped or self._rendering)
 
     @property
     def full(self) -> bool:
@@ -713,7 +721,13 @@ class TTSEngine:
                         break
                     for _, segment, _, _ in chunks:
                         segment.rendering = True
-                self._render(lane, chunks)
+                    self._rendering += 1
+                try:
+                    self._render(lane, chunks)
+                finally:
+                    with self._lock:
+                        self._rendering -= 1
+                        self._lock.notify_all()
 
     def _ready_chunks(self, lane: _Lane) -> list[tuple[Job, _Segment, int, bool]]:
         """(job, segment, end, last) of every chunk this lane may render now (under the lock).
