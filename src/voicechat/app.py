@@ -30,6 +30,7 @@ from voicechat.legacy import ClientSocket
 from voicechat.llm import LLM, LLMError, create_llm
 from voicechat.llm.local import LocalLLM
 from voicechat.loading import LoadProgress, hub_cache_folder, report_until_ready, whisper_repo
+from voicechat.memory import release_free_memory
 from voicechat.metrics import Metrics
 from voicechat.resume import ResumeStore, resuming_past_cap
 from voicechat.session import Services, Session
@@ -136,6 +137,7 @@ async def converse(websocket: WebSocket, services: Services) -> None:
     finally:
         watchdog.cancel()
         await asyncio.gather(watchdog, return_exceptions=True)
+        await asyncio.to_thread(release_free_memory)  # what the conversation freed goes back to the OS (memory.py)
 
 
 def create_app(settings: Settings) -> FastAPI:
