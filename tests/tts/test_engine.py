@@ -400,3 +400,37 @@ async def test_busy_until_a_cancelled_streams_render_has_ended(engine: TTSEngine
     finally:
         release.set()
     await wait_until(lambda: not engine.busy)
+
+
+async def test_while_the_first_lane_renders_an_idle_steady_lane_takes_newcomers_first_chunks(
+        chatterbox, tiny_checkpoint: Path, voices_dir: Path) -> None:
+    """Streams starting together do not queue behind one first-lane batch: with the first lane held
+    inside a render, a newcomer's first chunk is rendered by the idle steady lane, and it is the same
+    chunk it would be on the first lane (boundaries depend on the tokens alone)."""
+    import threading
+
+    other = TTSEngine(chatterbox, tts_settings(tiny_checkpoint, voices_dir))
+    first_lane = next(lane for lane in other._lanes if lane.first)
+    inside, release = threading.Event(), threading.Event()
+    real = first_lane.renderer.render
+
+    def held(requests):
+        inside.set()
+        release.wait(timeout=120)
+        return real(requests)
+
+    try:
+        alone = await anext(other.stream(TEXT, TTSParams(seed=2)))  # reference: rendered on the first lane
+        await wait_until(lambda: not other.busy)
+        first_lane.renderer.render = held
+        held_stream = other.stream(TEXT, TTSParams(seed=1))
+        await asyncio.to_thread(inside.wait, 120)  # its first chunk is held in the first lane
+        newcomer = other.stream(TEXT, TTSParams(seed=2))
+        chunk = await anext(newcomer)
+        assert not release.is_set(), "the newcomer's first chunk came while the first lane was held"
+        assert np.array_equal(chunk, alone)
+        release.set()
+        assert len(await collect(held_stream)) > 0 and len(await collect(newcomer)) > 0
+    finally:
+        release.set()
+        await asyncio.to_thread(other.close)

@@ -322,11 +322,12 @@ class _Segment:
 @dataclass(eq=False)
 class _Lane:
     """A render lane: a thread with its own Renderer; ``first`` lanes take the chunks of streams whose
-    listener has heard nothing yet, the others the rest."""
+    listener has heard nothing yet, the others the rest (and first chunks while the first lane is busy)."""
 
     name: str
     renderer: Renderer
     first: bool
+    rendering: bool = False  # inside a render call (under the engine's lock)
 
 
 class _FirstChunk:
@@ -380,7 +381,6 @@ class TTSEngine:
         self._lock = threading.Condition()
         self._jobs: list[Job] = []
         self._dropped: list[Job] = []
-        self._rendering = 0  # lanes inside a render call (it runs to its end, even for a cancelled stream)
         self._calls: deque[tuple[Callable[[], Any], concurrent.futures.Future]] = deque()
         self._closing = False
         self._voice_conds: dict[str, Conditionals] = {}
@@ -516,7 +516,7 @@ class TTSEngine:
         """True while any stream is active, a cancelled one is not yet released, or a lane still renders
         (a chunk of a stream cancelled mid-render is rendered to its end, then dropped)."""
         with self._lock:
-            return bool(self._jobs or self._dropped or self._rendering)
+            return bool(self._jobs or self._dropped or any(lane.rendering for lane in self._lanes))
 
     @property
     def full(self) -> bool:
@@ -721,16 +721,28 @@ class TTSEngine:
                         break
                     for _, segment, _, _ in chunks:
                         segment.rendering = True
-                    self._rendering += 1
+                    lane.rendering = True  # a render call runs to its end, even for a cancelled stream
                 try:
                     self._render(lane, chunks)
                 finally:
                     with self._lock:
-                        self._rendering -= 1
+                        lane.rendering = False
                         self._lock.notify_all()
 
     def _ready_chunks(self, lane: _Lane) -> list[tuple[Job, _Segment, int, bool]]:
-        """(job, segment, end, last) of every chunk this lane may render now (under the lock).
+        """The chunks ``lane`` renders next (under the lock): first chunks on the first lane, the others
+        on the steady lane; a steady lane with nothing of its own takes the first chunks that became
+        ready while the first lane is busy rendering (streams starting together then get their first
+        audio from both lanes instead of queueing behind one batch). Which lane renders a chunk never
+        changes the chunk: its boundaries and size depend on the tokens alone."""
+        chunks = self._chunks_ready(first=lane.first)
+        if not chunks and not lane.first and any(other.first and other.rendering for other in self._lanes):
+            chunks = self._chunks_ready(first=True)
+        return chunks
+
+    def _chunks_ready(self, first: bool) -> list[tuple[Job, _Segment, int, bool]]:
+        """(job, segment, end, last) of every chunk ready to render now, of the streams whose listener
+        has heard nothing yet (``first``) or of the others (under the lock).
 
         A chunk is ``[rendered, end)`` of the segment's speech tokens: ``tts_first_chunk_tokens`` for a
         stream whose listener has heard nothing yet, then ``chunk_size``; a segment's last chunk holds
@@ -741,7 +753,7 @@ class TTSEngine:
         chunks = []
         for job in self._jobs:
             segment = job.segment
-            if segment is None or segment.rendering or not job.runnable or (job.first_handover is None) != lane.first:
+            if segment is None or segment.rendering or not job.runnable or (job.first_handover is None) != first:
                 continue
             size = job.params.chunk_size if job.first_handover is not None else \
                 min(job.params.chunk_size, self._first_chunk_tokens)
