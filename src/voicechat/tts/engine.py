@@ -13,7 +13,8 @@ sentences (segments: Chatterbox's T3 never decodes more than 1000 tokens, 40 s, 
   (``tts_first_chunk_tokens`` for a stream's first chunk, then ``chunk_size``), renders them in one
   batched S3Gen call and hands them to each stream's asyncio consumer with ``loop.call_soon_threadsafe``.
   The "first" lane takes the chunks of streams whose listener has heard nothing yet, so first chunks
-  never wait behind other streams' steady chunks; the "steady" lane the rest. A stream whose consumer
+  never wait behind other streams' steady chunks; the "steady" lane the rest, and, when it has none
+  while the first lane is busy, the first chunks that became ready meanwhile. A stream whose consumer
   has not taken its last ``MAX_PENDING_CHUNKS`` chunks is not rendered further nor given a new segment.
 - Chunk boundaries depend on the tokens only (``_ready_chunks``), never on timing, and every stream
   samples from its own generators (seeded per segment), so a stream sounds the same alone, again, or
