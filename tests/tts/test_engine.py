@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tts_helpers import collect, tts_settings, wait_until
+from tts_helpers import Held, collect, tts_settings, wait_until
 from voicechat.audio import read_audio
 from voicechat.tts.engine import (
     DEFAULT_MAX_STREAMS,
@@ -253,19 +253,10 @@ async def test_decoding_and_first_chunks_go_on_while_a_steady_chunk_renders(
         chatterbox, tiny_checkpoint: Path, voices_dir: Path) -> None:
     """S3Gen renders on lanes of their own: with the steady lane held inside a render, T3 keeps decoding
     the held stream, and a newcomer's first chunk (the "first" lane) still arrives."""
-    import threading
-
     other = TTSEngine(chatterbox, tts_settings(tiny_checkpoint, voices_dir))
     steady = next(lane for lane in other._lanes if not lane.first)
-    inside, release = threading.Event(), threading.Event()
-    real = steady.renderer.render
-
-    def held(requests):
-        inside.set()
-        release.wait(timeout=120)
-        return real(requests)
-
-    steady.renderer.render = held
+    steady.renderer.render = held = Held(steady.renderer.render)
+    inside, release = held.inside, held.release
     try:
         first = other.stream(TEXT, TTSParams(seed=1, chunk_size=5))
         await anext(first)  # its first chunk, from the first lane
@@ -349,16 +340,8 @@ async def test_preparing_an_uploaded_voice_does_not_stop_other_streams(
         engine: TTSEngine, alice_wav: Path, voices_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """add_voice computes the conditionals on its caller's thread: while it is held inside the
     preparation, another conversation's stream is spoken to its end."""
-    import threading
-
-    inside, release = threading.Event(), threading.Event()
-    real = engine._prepare_voice
-
-    def held(voice: str):
-        inside.set()
-        release.wait(timeout=120)
-        return real(voice)
-
+    held = Held(engine._prepare_voice)
+    inside, release = held.inside, held.release
     monkeypatch.setattr(engine, "_prepare_voice", held)
     upload = asyncio.create_task(asyncio.to_thread(engine.add_voice, "erin", alice_wav.read_bytes()))
     try:
@@ -377,17 +360,9 @@ async def test_preparing_an_uploaded_voice_does_not_stop_other_streams(
 async def test_busy_until_a_cancelled_streams_render_has_ended(engine: TTSEngine, monkeypatch: pytest.MonkeyPatch) -> None:
     """``busy`` (benchmarks wait on it between rows) stays true while a lane still renders a chunk of a
     stream cancelled mid-render, and turns false once that render has ended."""
-    import threading
-
     first_lane = next(lane for lane in engine._lanes if lane.first)
-    inside, release = threading.Event(), threading.Event()
-    real = first_lane.renderer.render
-
-    def held(requests):
-        inside.set()
-        release.wait(timeout=120)
-        return real(requests)
-
+    held = Held(first_lane.renderer.render)
+    inside, release = held.inside, held.release
     await wait_until(lambda: not engine.busy)
     monkeypatch.setattr(first_lane.renderer, "render", held)
     stream = engine.stream(TEXT, TTSParams(seed=1))
@@ -407,18 +382,10 @@ async def test_while_the_first_lane_renders_an_idle_steady_lane_takes_newcomers_
     """Streams starting together do not queue behind one first-lane batch: with the first lane held
     inside a render, a newcomer's first chunk is rendered by the idle steady lane, and it is the same
     chunk it would be on the first lane (boundaries depend on the tokens alone)."""
-    import threading
-
     other = TTSEngine(chatterbox, tts_settings(tiny_checkpoint, voices_dir))
     first_lane = next(lane for lane in other._lanes if lane.first)
-    inside, release = threading.Event(), threading.Event()
-    real = first_lane.renderer.render
-
-    def held(requests):
-        inside.set()
-        release.wait(timeout=120)
-        return real(requests)
-
+    held = Held(first_lane.renderer.render)
+    inside, release = held.inside, held.release
     try:
         alone = await anext(other.stream(TEXT, TTSParams(seed=2)))  # reference: rendered on the first lane
         await wait_until(lambda: not other.busy)

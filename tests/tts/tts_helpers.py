@@ -1,4 +1,5 @@
-"""Helpers of the TTS tests: a Settings factory for the tiny checkpoint, and ways to drain and await streams.
+"""Helpers of the TTS tests: a Settings factory for the tiny checkpoint, ways to drain and await streams,
+and a call a test can hold a thread inside.
 
 A module of its own (not conftest.py): every test area's conftest.py is the top-level module `conftest`,
 so `from conftest import ...` finds whichever area's conftest was loaded last."""
@@ -6,6 +7,7 @@ so `from conftest import ...` finds whichever area's conftest was loaded last.""
 from __future__ import annotations
 
 import asyncio
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -33,3 +35,18 @@ async def wait_until(predicate, timeout: float = 30.0) -> None:
     while not predicate():
         assert loop.time() < deadline, "condition not reached in time"
         await asyncio.sleep(0.02)
+
+
+class Held:
+    """Stands in for ``function`` so that a test can hold a thread inside a call: ``inside`` is set when a
+    call begins; the call goes on (to ``function``) once ``release`` is set, or after 120 s so that a
+    failing test cannot hang."""
+
+    def __init__(self, function):
+        self.function = function
+        self.inside, self.release = threading.Event(), threading.Event()
+
+    def __call__(self, *args, **kwargs):
+        self.inside.set()
+        self.release.wait(timeout=120)
+        return self.function(*args, **kwargs)
