@@ -46,17 +46,9 @@ class GuardedSocket:
 
     async def receive(self) -> dict[str, Any]:
         """The next message, or a disconnect once the conversation was ended on this side."""
-        receiving = asyncio.ensure_future(self._ws.receive())
-        ended = asyncio.ensure_future(self._ended.wait())
-        try:
-            await asyncio.wait({receiving, ended}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            ended.cancel()
-            if not receiving.done():
-                receiving.cancel()
-        if not receiving.done() or receiving.cancelled():
+        message = await receive_unless(self._ws, self._ended)
+        if message is None:
             return {"type": "websocket.disconnect", "code": self.ending.close_code if self.ending else 1006}
-        message = receiving.result()
         if message["type"] == "websocket.receive":
             self._guard.activity()
             if not self._hello:
@@ -142,3 +134,18 @@ class LimitedLLM:
 
     async def aclose(self) -> None:
         """Nothing of its own to close: the shared LLM is closed by the app."""
+
+
+async def receive_unless(ws: WebSocket, event: asyncio.Event) -> dict[str, Any] | None:
+    """The socket's next message, or None if ``event`` is set first (the receive is then cancelled)."""
+    receiving = asyncio.ensure_future(ws.receive())
+    setting = asyncio.ensure_future(event.wait())
+    try:
+        await asyncio.wait({receiving, setting}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        setting.cancel()
+        if not receiving.done():
+            receiving.cancel()
+    if not receiving.done() or receiving.cancelled():
+        return None
+    return receiving.result()

@@ -21,6 +21,7 @@ from typing import Any
 from starlette.websockets import WebSocket
 
 from voicechat import protocol as p
+from voicechat.guarded_socket import receive_unless
 from voicechat.llm import History
 
 log = logging.getLogger(__name__)
@@ -204,17 +205,10 @@ class Resumption:
 
     async def receive(self, ws: WebSocket) -> dict[str, Any]:
         """The next message from the client, or a disconnect once another connection took over."""
-        receiving = asyncio.ensure_future(ws.receive())
-        handed_over = asyncio.ensure_future(self.handed_over.wait())
-        try:
-            await asyncio.wait({receiving, handed_over}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            handed_over.cancel()
-            if not receiving.done():
-                receiving.cancel()
-        if self.handed_over.is_set() or receiving.cancelled():
+        message = await receive_unless(ws, self.handed_over)
+        if message is None or self.handed_over.is_set():  # a message that came with the hand-over is not ours
             return {"type": "websocket.disconnect", "code": 1000}
-        return receiving.result()
+        return message
 
     def park(self, session_id: str, parked: Parked, ws: WebSocket) -> None:
         """The connection ended: park the conversation, unless it was handed over or ended by the server."""
