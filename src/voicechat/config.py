@@ -150,6 +150,15 @@ class Settings(BaseSettings):
         "busy). Unset: 4 on CUDA (measured real time on an H200, docs/tts.md), 4 on MPS, 16 on CPU (a memory bound, "
         "not a real-time promise).",
     )
+    tts_render_batch: int | None = Field(
+        None,
+        ge=1,
+        le=64,
+        description="Most chunks one S3Gen render call takes (a render lane takes the most urgent first). Unset: 1 "
+        "on CPU (batching S3Gen gains nothing there, 0.98-1.05x measured, and every stream in a batch waits for the "
+        "whole batch); no cap (tts_max_streams) on CUDA and MPS, where batching is cheap (kernel launches, not "
+        "arithmetic, bound S3Gen on a GPU). On CUDA, flow graphs are captured for batch sizes up to this cap.",
+    )
     tts_bf16: bool = Field(True, description="On CUDA, run Chatterbox's T3 decoder in bfloat16 (CPU stays float32).")
     tts_cuda_graphs: bool = Field(
         True,

@@ -9,13 +9,14 @@ sentences (segments: Chatterbox's T3 never decodes more than 1000 tokens, 40 s, 
   (prefill) and leave (stop token, 1000-token cap, cancel) between turns; who gets a free slot first is
   decided earliest deadline first (scheduler.py).
 - Two render lanes (``TTSEngine._render_loop``), each a thread with its own Renderer (render.py) and,
-  on CUDA, its own CUDA stream, render while T3 decodes: each takes every chunk ready for it
-  (``tts_first_chunk_tokens`` for a stream's first chunk, then ``chunk_size``), renders them in one
-  batched S3Gen call and hands them to each stream's asyncio consumer with ``loop.call_soon_threadsafe``.
+  on CUDA, its own CUDA stream, render while T3 decodes: each takes the chunks ready for it
+  (``tts_first_chunk_tokens`` for a stream's first chunk, then ``chunk_size``), at most
+  ``tts_render_batch`` of them, the most urgent first (scheduler.py), renders them in one batched S3Gen
+  call and hands them to each stream's asyncio consumer with ``loop.call_soon_threadsafe``.
   The "first" lane takes the chunks of streams whose listener has heard nothing yet, so first chunks
   never wait behind other streams' steady chunks; the "steady" lane the rest, and, when it has none
-  while the first lane is busy, the first chunks that became ready meanwhile. A stream whose consumer
-  has not taken its last ``MAX_PENDING_CHUNKS`` chunks is not rendered further nor given a new segment.
+  while the first lane is busy, the first chunks left over. A stream whose consumer has not taken its
+  last ``MAX_PENDING_CHUNKS`` chunks is not rendered further nor given a new segment.
 - Chunk boundaries depend on the tokens only (``_ready_chunks``), never on timing, and every stream
   samples from its own generators (seeded per segment), so a stream sounds the same alone, again, or
   beside others; voice conditionals are computed once per (voice, exaggeration) and cached.
@@ -49,7 +50,7 @@ import torch
 from voicechat.audio import SPEECH_SAMPLE_RATE as SAMPLE_RATE
 from voicechat.audio import AudioFormatError, float32_to_int16, read_audio, write_wav
 from voicechat.protocol import is_voice_name
-from voicechat.tts.scheduler import Job, next_job
+from voicechat.tts.scheduler import Job, next_job, urgency
 from voicechat.tts.segmenter import Segmenter
 from voicechat.tts.stages import StageClock
 from voicechat.tts.t3_decoder import SPEECH_VOCAB
@@ -72,7 +73,12 @@ DEFAULT_VOICE = "default"
 # benchmarks/gpu_check.sh): 4 streams started at once each got 1.2 s of audio per second, 8 only 0.89.
 # CPU/MPS: no real-time claim (full size on a 2-core CPU is 13 s per 1 s chunk for one stream): a bound
 # on memory and on the batch.
+WARM_TEXT_POSITIONS = 128  # text tokens of a long sentence: the warm-up prepares T3 prefills up to this
 DEFAULT_MAX_STREAMS = {"cuda": 4, "mps": 4, "cpu": 16}
+# Chunks one render call takes when tts_render_batch is unset (other devices: no cap, max_streams). CPU:
+# a batch of 8 chunks costs as much as 8 renders one by one (0.98-1.05x measured, docs/tts.md), and
+# each stream in it would wait for the whole batch; one chunk per call lets both lanes share the work.
+DEFAULT_RENDER_BATCH = {"cpu": 1}
 
 
 class TTSError(Exception):
@@ -190,6 +196,16 @@ def detect_device(requested: str = "auto") -> str:
     if not re.fullmatch(r"cpu|mps|cuda(:\d+)?", requested):
         raise TTSError(f"unknown device {requested!r} (use auto, cpu, cuda, cuda:N or mps)")
     return requested
+
+
+def stream_limits(settings: Settings, device: str) -> tuple[int, int]:
+    """``(max_streams, render_batch)`` on ``device``: the streams served at once and the most chunks one
+    render call takes, as set, else the measured defaults of the device's kind. A render call never has
+    more than max_streams chunks to take, so render_batch is at most that."""
+    kind = torch.device(device).type
+    max_streams = settings.tts_max_streams or DEFAULT_MAX_STREAMS.get(kind, 4)
+    render_batch = settings.tts_render_batch or DEFAULT_RENDER_BATCH.get(kind, max_streams)
+    return max_streams, min(render_batch, max_streams)
 
 
 def check_voice_audio(source: bytes | Path) -> tuple[np.ndarray, int]:
@@ -367,8 +383,7 @@ class TTSEngine:
         self._voices_dir = Path(settings.voices_dir)
         self._default_voice_file = Path(settings.voice) if settings.voice else None
         self._first_chunk_tokens = settings.tts_first_chunk_tokens
-        kind = torch.device(self._device).type
-        self.max_streams: int = settings.tts_max_streams or DEFAULT_MAX_STREAMS.get(kind, 4)
+        self.max_streams, self.render_batch = stream_limits(settings, self._device)
         self.stages = StageClock()  # where the threads spend their time (stages.py; /metrics)
         self._decoder = T3Decoder(tts.t3, slots=self.max_streams, bf16=settings.tts_bf16,
                                   cuda_graphs=settings.tts_cuda_graphs)
@@ -441,10 +456,12 @@ class TTSEngine:
         (blocking; not from the event loop; before the first stream), so that the first real request
         pays for no lazy initialisation, no CUDA-graph capture and no voice preparation."""
         self._on_owner(self._decoder.warm_graphs)
+        # The default voice's T3 prefix, with the unconditional row's text keys for a usual sentence.
+        conds = self._on_owner(lambda: self._conditionals(DEFAULT_VOICE, params.exaggeration))
+        self._on_owner(lambda: self._decoder.keep_prefix(conds.t3, WARM_TEXT_POSITIONS))
         # The render lanes' flow graphs for the default voice's usual shapes (CUDA only; the lanes are
         # idle before the first stream, so their renderers may be used from here).
-        conds = self._on_owner(lambda: self._conditionals(DEFAULT_VOICE, params.exaggeration))
-        batches = [1 << k for k in range((self.max_streams - 1).bit_length() + 1)]
+        batches = [1 << k for k in range((self.render_batch - 1).bit_length() + 1)]
         first = min(params.chunk_size, self._first_chunk_tokens)
         for lane in self._lanes:
             sizes = [first] if lane.first else [first] + [params.chunk_size] * 4
@@ -703,8 +720,9 @@ class TTSEngine:
     # --- Render lanes: S3Gen ----------------------------------------------------------------------
 
     def _render_loop(self, lane: _Lane) -> None:
-        """A lane's thread: render the chunks that are ready for it, all in one batched call, hand them
-        over, and again. On CUDA it runs on its own CUDA stream, beside the owner's T3 steps."""
+        """A lane's thread: render the chunks that are ready for it (up to ``render_batch``) in one
+        batched call, hand them over, and again. On CUDA it runs on its own CUDA stream, beside the
+        owner's T3 steps."""
         # From torch's high-priority stream pool: the (normal-priority) streams that graph captures take
         # from the pool can then never be a lane's own stream, whose work would land in the capture.
         on_cuda = torch.device(self._device).type == "cuda"
@@ -723,6 +741,7 @@ class TTSEngine:
                     for _, segment, _, _ in chunks:
                         segment.rendering = True
                     lane.rendering = True  # a render call runs to its end, even for a cancelled stream
+                    self._lock.notify_all()  # the other lane may take what this one left (render_batch)
                 try:
                     self._render(lane, chunks)
                 finally:
@@ -732,14 +751,16 @@ class TTSEngine:
 
     def _ready_chunks(self, lane: _Lane) -> list[tuple[Job, _Segment, int, bool]]:
         """The chunks ``lane`` renders next (under the lock): first chunks on the first lane, the others
-        on the steady lane; a steady lane with nothing of its own takes the first chunks that became
-        ready while the first lane is busy rendering (streams starting together then get their first
-        audio from both lanes instead of queueing behind one batch). Which lane renders a chunk never
-        changes the chunk: its boundaries and size depend on the tokens alone."""
+        on the steady lane; a steady lane with nothing of its own takes the first chunks that are left
+        while the first lane is busy rendering (streams starting together then get their first audio
+        from both lanes instead of queueing behind one batch). At most ``render_batch`` chunks, the most
+        urgent first (scheduler.urgency: first chunks oldest first, then earliest deadline). Which lane
+        renders a chunk, and beside which others, never changes the chunk: its boundaries and size
+        depend on the tokens alone."""
         chunks = self._chunks_ready(first=lane.first)
         if not chunks and not lane.first and any(other.first and other.rendering for other in self._lanes):
             chunks = self._chunks_ready(first=True)
-        return chunks
+        return sorted(chunks, key=lambda chunk: urgency(chunk[0]))[:self.render_batch]
 
     def _chunks_ready(self, first: bool) -> list[tuple[Job, _Segment, int, bool]]:
         """(job, segment, end, last) of every chunk ready to render now, of the streams whose listener

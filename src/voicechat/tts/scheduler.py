@@ -1,4 +1,5 @@
-"""Which waiting stream the TTS owner thread admits next into a decoder slot: earliest deadline first.
+"""Which waiting stream the TTS owner thread admits next into a decoder slot, and which ready chunks a
+render lane takes first: earliest deadline first.
 
 A stream's deadline is the moment its listener runs out of audio: the time its first chunk was handed
 over plus the seconds of audio handed over since. A stream with nothing handed over yet is the most
@@ -53,7 +54,13 @@ class Job:
         self.pending += 1
 
 
+def urgency(job: Job) -> tuple[float, float]:
+    """The sort key of who goes first (a decoder slot, a place in a render call): the listener's
+    deadline, then age; streams whose listener has heard nothing yet therefore go oldest first."""
+    return job.deadline, job.created
+
+
 def next_job(jobs: Iterable[Job]) -> Job | None:
     """The runnable job whose listener runs out of audio soonest (oldest first among equals)."""
     runnable = [job for job in jobs if job.runnable]
-    return min(runnable, key=lambda job: (job.deadline, job.created), default=None)
+    return min(runnable, key=urgency, default=None)
