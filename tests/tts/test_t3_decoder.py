@@ -152,6 +152,62 @@ def test_a_voices_conditioning_prefix_is_computed_once_and_kept_bounded(chatterb
         assert decoder._prefix_of(first) is None, "the oldest conditioning was let go"
 
 
+def test_the_unconditional_rows_text_is_kept_in_blocks_the_same_in_any_order(chatterbox) -> None:
+    """The CFG unconditional row's text is zeroed, so its keys after the prefix depend on the text's
+    length alone: they are kept in fixed blocks, a prefill runs only that row's last two positions, and
+    the numbers do not depend on which texts came before (a longer one first, or none)."""
+    from voicechat.tts.t3_decoder import UNCOND_BLOCK
+
+    tts = chatterbox
+    long_text, short_text = " ".join(TEXTS), TEXTS[1]
+    logits = []
+    for texts in ([long_text, short_text], [short_text]):
+        decoder = T3Decoder(tts.t3, slots=len(texts) + 1)  # one more slot for a whole prefill
+        with torch.inference_mode():
+            streams = [decoder.join(decoder.prompt(tts.conds.t3, text_tokens(tts, text)), seed=0, cfg_weight=0.5,
+                                    temperature=0.8) for text in texts]
+        (prefix,) = decoder._prefixes
+        longest = max(stream.length for stream in streams) - prefix.embeds.shape[0] - 2
+        assert prefix.uncond % UNCOND_BLOCK == 0 and longest <= prefix.uncond < longest + UNCOND_BLOCK
+        logits.append(streams[-1].logits)
+        with torch.inference_mode():
+            embeds = decoder.prompt(tts.conds.t3, text_tokens(tts, short_text))
+            decoder._reserve(len(texts) + 1, embeds.shape[1] + 1)
+            whole = decoder._prefill(len(texts), embeds, None)
+        assert (streams[-1].logits - whole).abs().max().item() < 1e-5 * whole.abs().max().item()
+    assert torch.equal(logits[0], logits[1]), "blocks computed the same way whatever came first"
+
+
+def test_an_unconditional_row_that_is_not_the_zeroed_text_runs_whole(chatterbox) -> None:
+    """Only the usual zeroed text takes the kept unconditional keys: any other second row runs all its
+    positions after the prefix, and its logits equal a whole prefill's."""
+    tts = chatterbox
+    decoder = T3Decoder(tts.t3, slots=2)
+    with torch.inference_mode():
+        embeds = decoder.prompt(tts.conds.t3, text_tokens(tts, TEXTS[0]))
+        size = decoder._prefixes[-1].embeds.shape[0]
+        embeds[1, size + 2] += 0.5  # no longer the zeroed text
+        stream = decoder.join(embeds, seed=0, cfg_weight=0.5, temperature=0.8)
+        decoder._reserve(2, embeds.shape[1] + 1)
+        whole = decoder._prefill(1, embeds, None)
+    assert decoder._prefixes[-1].uncond == 0, "no unconditional keys were kept for it"
+    assert (stream.logits - whole).abs().max().item() < 1e-5 * whole.abs().max().item()
+
+
+def test_keep_prefix_prepares_a_voice_for_texts_up_to_a_length(chatterbox) -> None:
+    from voicechat.tts.t3_decoder import UNCOND_BLOCK
+
+    tts = chatterbox
+    decoder = T3Decoder(tts.t3, slots=1)
+    with torch.inference_mode():
+        decoder.keep_prefix(tts.conds.t3, 3 * UNCOND_BLOCK)
+        (prefix,) = decoder._prefixes
+        assert prefix.uncond == 3 * UNCOND_BLOCK
+        decoder.join(decoder.prompt(tts.conds.t3, text_tokens(tts, TEXTS[0])), seed=0, cfg_weight=0.5,
+                     temperature=0.8)
+    assert decoder.cached_prefixes == 1 and prefix.uncond == 3 * UNCOND_BLOCK, "nothing more to compute"
+
+
 def test_a_prompt_too_long_for_a_slot_is_refused(chatterbox) -> None:
     decoder = T3Decoder(chatterbox.t3, slots=1, max_context=MAX_NEW_TOKENS + 20)
     with torch.inference_mode(), pytest.raises(PromptTooLongError, match="too long"):

@@ -13,6 +13,12 @@ cache that is re-copied every step. Here the same weights run a loop of our own:
   positions, the same in both CFG rows and in every segment spoken in that voice): its keys and values
   are computed once and kept for the ``PREFIXES`` most recent conditionings, so a prefill runs only the
   text (about a third less prefill compute on a CPU for a one-sentence segment);
+- the CFG unconditional row's text is zeroed (only its learned positions remain), so after the prefix
+  that row depends on the text's length alone: its keys and values are kept with the prefix too, grown
+  in blocks of ``UNCOND_BLOCK`` positions as longer texts come, and a prefill runs the conditional row's
+  text plus the unconditional row's last two positions (about half the prefill compute again);
+- a prefill runs both rows' new positions as one stacked matrix through each layer's projections and
+  MLP (one read of the weights), attention per row over its own earlier keys;
 - sampling is ``inference_stream``'s, per stream: CFG mix ``cond + w * (cond - uncond)``, temperature,
   repetition penalty 2.0 over the stream's own history (a "seen" mask: bit-identical to HF's gather /
   scatter processor), top-p 0.8 (HF's own warper), then ``torch.multinomial`` drawing from the stream's
@@ -31,6 +37,7 @@ from __future__ import annotations
 import copy
 import logging
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -49,6 +56,10 @@ TOP_P = 0.8
 SPEECH_VOCAB = 6561  # ids below are speech tokens S3Gen can render
 GRAPH_BUCKETS = (1, 2, 4, 8, 16, 32, 64)
 PREFIXES = 16  # conditioning prefixes kept (voice x exaggeration): ~4 MB each at full size in bf16
+# The unconditional row's text keys grow by this many positions at a time; computed in fixed blocks, they
+# are the same numbers whatever order texts of different lengths come in. ~0.25 MB per position at full
+# size in fp32 (half in bf16), up to the longest text spoken in that conditioning.
+UNCOND_BLOCK = 32
 
 
 class PromptTooLongError(ValueError):
@@ -57,12 +68,26 @@ class PromptTooLongError(ValueError):
 
 @dataclass(eq=False)
 class _Prefix:
-    """A conditioning prefix's embeddings and its keys and values in every layer (one row: the CFG rows
-    share it)."""
+    """A conditioning prefix's embeddings and keys and values in every layer (the CFG rows share them),
+    followed by the unconditional row's text positions computed so far (``uncond``, a multiple of
+    UNCOND_BLOCK): ``keys[layer][:, :, :P]`` serve both rows, ``[:, :, P:P + uncond]`` the unconditional
+    row's text."""
 
     embeds: torch.Tensor  # (P, dim), as prompt() built them
-    keys: list[torch.Tensor]  # per layer (1, heads, P, head_dim)
+    keys: list[torch.Tensor]  # per layer (1, heads, P + uncond, head_dim)
     values: list[torch.Tensor]
+    uncond: int = 0
+
+
+@dataclass(eq=False)
+class _Row:
+    """New positions of one sequence for ``T3Decoder._run``: their embeddings and positions, the keys and
+    values of the positions before them (per layer, or None), and where their keys and values go."""
+
+    embeds: torch.Tensor  # (n, dim)
+    start: int  # position of embeds[0]; positions start.. start+n-1
+    earlier: Callable[[int], tuple[torch.Tensor, torch.Tensor]] | None  # layer -> (1, heads, start, hd) x2
+    store: Callable[[int, torch.Tensor, torch.Tensor], None]  # (layer, keys, values), all start+n positions
 
 
 @dataclass(eq=False)
@@ -110,6 +135,8 @@ class T3Decoder:
         if self._heads != self._kv_heads:
             raise ValueError("T3Decoder expects as many key/value heads as query heads (as Chatterbox's T3 has)")
         self._k = self._v = torch.zeros(0)
+        # Text positions the unconditional row's kept keys may reach (the learned position table's size).
+        self._text_positions = t3.text_pos_emb.emb.num_embeddings if t3.hp.input_pos_emb == "learned" else max_context
         self._graphs = _StepGraphs(self) if (cuda_graphs and on_cuda) else None
         # A graph holds the cache's address: then the whole cache up front. Otherwise it grows (doubling)
         # with the streams and their lengths, so memory follows use (a full-size fp32 slot is ~0.7 GB).
@@ -157,6 +184,16 @@ class T3Decoder:
             self._prefixes.append(self._compute_prefix(embeds[0, :conditioning]))
         return torch.cat([embeds, torch.cat([bos_embed, bos_embed])], dim=1)
 
+    def keep_prefix(self, t3_cond: T3Cond, text_positions: int) -> None:
+        """Compute ``t3_cond``'s conditioning prefix and its unconditional row's text keys for texts of up
+        to ``text_positions`` positions now (the engine's warm-up does it for the default voice), so that
+        a first segment of usual length already prefills only its own positions."""
+        hp = self.t3.hp
+        tokens = torch.tensor([[hp.start_text_token, hp.stop_text_token]] * 2, device=self.device)
+        prefix = self._prefix_of(self.prompt(t3_cond, tokens))
+        if prefix is not None:
+            self._grow_uncond(prefix, min(text_positions, self._text_positions - UNCOND_BLOCK))
+
     @property
     def cached_prefixes(self) -> int:
         """Conditioning prefixes whose keys and values are kept."""
@@ -174,16 +211,39 @@ class T3Decoder:
 
     def _compute_prefix(self, embeds: torch.Tensor) -> _Prefix:
         """Run the conditioning positions (causal) once and keep their keys and values per layer."""
-        x = embeds.unsqueeze(0).to(self.dtype)
-        cos, sin = self._rotary(x, torch.arange(x.shape[1], device=self.device).unsqueeze(0))
-        keys, values = [], []
-        for layer in self._layers:
-            q, k, v = self._qkv(layer, x, cos, sin)
-            keys.append(k)
-            values.append(v)
-            x = self._finish_layer(layer, x, F.scaled_dot_product_attention(q, k, v, is_causal=True))
-        return _Prefix(embeds=embeds.clone(), keys=keys, values=values)
+        prefix = _Prefix(embeds=embeds.clone(), keys=[None] * len(self._layers), values=[None] * len(self._layers))
 
+        def store(index: int, k: torch.Tensor, v: torch.Tensor) -> None:
+            prefix.keys[index], prefix.values[index] = k, v
+
+        self._run([_Row(embeds.to(self.dtype), 0, None, store)])
+        return prefix
+
+    def _uncond_text(self, start: int, end: int) -> torch.Tensor:
+        """(end - start, dim): the unconditional row's text embeddings at text positions start..end-1, as
+        prepare_input_embeds builds them: the text zeroed, plus its learned positions."""
+        t3 = self.t3
+        embeds = torch.zeros(end - start, self._head.in_features, device=self.device)
+        if t3.hp.input_pos_emb == "learned":
+            embeds = embeds + t3.text_pos_emb.emb(torch.arange(start, end, device=self.device))
+        return embeds
+
+    def _grow_uncond(self, prefix: _Prefix, length: int) -> None:
+        """Compute the unconditional row's text keys and values up to at least ``length`` text positions,
+        block by block (each block attends to the prefix and the blocks before it)."""
+        size = prefix.embeds.shape[0]
+        while prefix.uncond < length:
+            start = prefix.uncond
+
+            def earlier(index: int) -> tuple[torch.Tensor, torch.Tensor]:
+                return prefix.keys[index], prefix.values[index]
+
+            def store(index: int, k: torch.Tensor, v: torch.Tensor) -> None:
+                prefix.keys[index], prefix.values[index] = k, v
+
+            block = self._uncond_text(start, start + UNCOND_BLOCK).to(self.dtype)
+            self._run([_Row(block, size + start, earlier, store)])
+            prefix.uncond += UNCOND_BLOCK
     def join(self, embeds: torch.Tensor, *, seed: int, cfg_weight: float, temperature: float) -> Decoding:
         """Take a free slot and prefill it with ``embeds`` (from :meth:`prompt`)."""
         if len(self.active) >= self.slots:
@@ -270,24 +330,57 @@ class T3Decoder:
 
     def _prefill(self, slot: int, embeds: torch.Tensor, prefix: _Prefix | None) -> torch.Tensor:
         """Run a stream's prompt (causal), store its keys/values in its slot; (2, vocab) last logits.
-        With a kept ``prefix``, only the positions after it run; they attend to its keys and values."""
-        rows, length = slice(2 * slot, 2 * slot + 2), embeds.shape[1]
-        start = 0 if prefix is None else prefix.embeds.shape[0]
-        x = embeds[:, start:].to(self.dtype)
-        positions = torch.arange(start, length, device=self.device)
-        cos, sin = self._rotary(x, positions.unsqueeze(0).expand(2, -1))
-        # Causal over the whole prompt: position p sees keys 0..p (the prefix's and its own earlier ones).
-        mask = None if prefix is None else torch.arange(length, device=self.device) <= positions.unsqueeze(1)
+        With a kept ``prefix``, only the positions after it run, attending to its keys and values; and
+        when the unconditional row's text is the usual zeroed one, only that row's last two positions."""
+        length = embeds.shape[1]
+        size = 0 if prefix is None else prefix.embeds.shape[0]
+        text = length - size - 2  # the text positions (the start token and its repeat follow)
+        shared = prefix is not None and text <= self._text_positions - UNCOND_BLOCK and \
+            torch.equal(embeds[1, size:size + text], self._uncond_text(0, text))
+        if shared:
+            self._grow_uncond(prefix, text)
+        rows = []
+        for row, start in ((0, size), (1, size + text if shared else size)):
+            def earlier(index: int, start: int = start) -> tuple[torch.Tensor, torch.Tensor]:
+                return prefix.keys[index][:, :, :start], prefix.values[index][:, :, :start]
+
+            def store(index: int, k: torch.Tensor, v: torch.Tensor, row: int = row) -> None:
+                self._k[index, 2 * slot + row, :, :length] = k[0]
+                self._v[index, 2 * slot + row, :, :length] = v[0]
+
+            rows.append(_Row(embeds[row, start:].to(self.dtype), start, earlier if start else None, store))
+        x = self._run(rows)
+        last = torch.stack([x[rows[0].embeds.shape[0] - 1], x[-1]])  # each row's last position
+        return self._head(self._norm(last)).float()
+
+    def _run(self, rows: list[_Row]) -> torch.Tensor:
+        """Run the new positions of several sequences through every layer in one pass: their projections
+        and MLPs as one stacked matrix (one read of the weights), attention per sequence, causal, over its
+        earlier keys and its own. Returns the last layer's hidden states (all new positions, stacked)."""
+        x = torch.cat([row.embeds for row in rows]).unsqueeze(0)  # (1, Q, dim)
+        positions = torch.cat([torch.arange(row.start, row.start + row.embeds.shape[0], device=self.device)
+                               for row in rows])
+        cos, sin = self._rotary(x, positions.unsqueeze(0))
+        bounds, offset = [], 0
+        for row in rows:
+            bounds.append((offset, offset + row.embeds.shape[0]))
+            offset += row.embeds.shape[0]
         for index, layer in enumerate(self._layers):
             q, k, v = self._qkv(layer, x, cos, sin)
-            if prefix is not None:
-                k = torch.cat([prefix.keys[index].expand(2, -1, -1, -1), k], dim=2)
-                v = torch.cat([prefix.values[index].expand(2, -1, -1, -1), v], dim=2)
-            self._k[index, rows, :, :length] = k
-            self._v[index, rows, :, :length] = v
-            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None)
-            x = self._finish_layer(layer, x, out)
-        return self._head(self._norm(x[:, -1])).float()
+            outs = []
+            for row, (first, end) in zip(rows, bounds):
+                keys, values = k[:, :, first:end], v[:, :, first:end]
+                if row.earlier is not None:
+                    before_k, before_v = row.earlier(index)
+                    keys, values = torch.cat([before_k, keys], dim=2), torch.cat([before_v, values], dim=2)
+                row.store(index, keys, values)
+                # Causal over the whole sequence: position p sees keys 0..p.
+                mask = None if row.earlier is None else \
+                    torch.arange(keys.shape[2], device=self.device) <= positions[first:end].unsqueeze(1)
+                outs.append(F.scaled_dot_product_attention(q[:, :, first:end], keys, values, attn_mask=mask,
+                                                           is_causal=mask is None))
+            x = self._finish_layer(layer, x, torch.cat(outs, dim=2))
+        return x[0]
 
     def _step(self, x: torch.Tensor, positions: torch.Tensor, keys: int) -> torch.Tensor:
         """One token for the cache's first ``len(positions)`` rows, each at its own position.
