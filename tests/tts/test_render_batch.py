@@ -115,3 +115,55 @@ def test_warm_up_captures_render_batches_up_to_the_cap(
     finally:
         other.close()
     assert asked == [("first", [1, 2]), ("steady", [1, 2])]
+
+
+async def test_the_first_lane_helps_with_steady_chunks_while_no_listener_waits_for_first_audio(
+        chatterbox, tiny_checkpoint: Path, voices_dir: Path) -> None:
+    """With the steady lane held inside a render, the idle first lane takes another stream's steady
+    chunk, but only once no listener waits for first audio (a new stream's first chunk must find the
+    first lane free)."""
+    from collections import deque
+
+    from voicechat.tts.scheduler import Job
+
+    other = TTSEngine(chatterbox, tts_settings(tiny_checkpoint, voices_dir))
+    first_lane = next(lane for lane in other._lanes if lane.first)
+    steady_lane = next(lane for lane in other._lanes if not lane.first)
+    held = Held(steady_lane.renderer.render)
+    steady_lane.renderer.render = held
+    later_chunks_on_first_lane: list[bool] = []
+    first_render = first_lane.renderer.render
+
+    def noting(requests):
+        later_chunks_on_first_lane.extend(request.state is not None for request in requests)
+        return first_render(requests)
+
+    first_lane.renderer.render = noting
+    silent = Job(segments=deque(), params=TTSParams(), inbox=None)  # a listener waiting for first audio
+    streams = []
+    try:
+        streams.append(other.stream(TEXT, TTSParams(seed=1, chunk_size=5)))
+        await anext(streams[0])
+        await asyncio.to_thread(held.inside.wait, 120)  # its next chunk is held in the steady lane
+        with other._lock:
+            other._jobs.append(silent)
+        streams.append(other.stream(TEXT, TTSParams(seed=2, chunk_size=5)))
+        await anext(streams[1])  # its first chunk, from the first lane
+
+        def steady_chunk_ready() -> bool:
+            with other._lock:
+                return any(job is streams[1]._job for job, *_ in other._chunks_ready(first=False))
+
+        await wait_until(steady_chunk_ready)
+        with other._lock:
+            assert other._ready_chunks(first_lane) == [], "a listener waits for first audio: the lane stays free"
+            other._jobs.remove(silent)
+            other._lock.notify_all()
+        assert len(await anext(streams[1])) > 0  # its second chunk, while the steady lane is still held
+        assert True in later_chunks_on_first_lane, "the first lane rendered it"
+        held.release.set()
+        for stream in streams:
+            assert len(await collect(stream)) > 0
+    finally:
+        held.release.set()
+        await asyncio.to_thread(other.close)

@@ -14,8 +14,9 @@ sentences (segments: Chatterbox's T3 never decodes more than 1000 tokens, 40 s, 
   ``tts_render_batch`` of them, the most urgent first (scheduler.py), renders them in one batched S3Gen
   call and hands them to each stream's asyncio consumer with ``loop.call_soon_threadsafe``.
   The "first" lane takes the chunks of streams whose listener has heard nothing yet, so first chunks
-  never wait behind other streams' steady chunks; the "steady" lane the rest, and, when it has none
-  while the first lane is busy, the first chunks left over. A stream whose consumer has not taken its
+  never wait behind other streams' steady chunks; the "steady" lane the rest. A lane with nothing of
+  its own helps the other while that one is busy: the steady lane with first chunks, the first lane
+  with steady chunks while no listener waits for first audio. A stream whose consumer has not taken its
   last ``MAX_PENDING_CHUNKS`` chunks is not rendered further nor given a new segment.
 - Chunk boundaries depend on the tokens only (``_ready_chunks``), never on timing, and every stream
   samples from its own generators (seeded per segment), so a stream sounds the same alone, again, or
@@ -339,7 +340,8 @@ class _Segment:
 @dataclass(eq=False)
 class _Lane:
     """A render lane: a thread with its own Renderer; ``first`` lanes take the chunks of streams whose
-    listener has heard nothing yet, the others the rest (and first chunks while the first lane is busy)."""
+    listener has heard nothing yet (and steady chunks while the steady lane is busy and nobody waits for
+    first audio), the others the rest (and first chunks while the first lane is busy)."""
 
     name: str
     renderer: Renderer
@@ -463,9 +465,8 @@ class TTSEngine:
         # idle before the first stream, so their renderers may be used from here).
         batches = [1 << k for k in range((self.render_batch - 1).bit_length() + 1)]
         first = min(params.chunk_size, self._first_chunk_tokens)
-        for lane in self._lanes:
-            sizes = [first] if lane.first else [first] + [params.chunk_size] * 4
-            lane.renderer.warm_graphs(conds.gen, sizes, batches)
+        for lane in self._lanes:  # each lane renders first chunks and steady ones (_ready_chunks)
+            lane.renderer.warm_graphs(conds.gen, [first] + [params.chunk_size] * 4, batches)
         inbox = _FirstChunk()
         job = self._submit(deque(["Hello, this is a warm-up."]), replace(params, voice=DEFAULT_VOICE), inbox, 0)
         try:
@@ -751,15 +752,20 @@ class TTSEngine:
 
     def _ready_chunks(self, lane: _Lane) -> list[tuple[Job, _Segment, int, bool]]:
         """The chunks ``lane`` renders next (under the lock): first chunks on the first lane, the others
-        on the steady lane; a steady lane with nothing of its own takes the first chunks that are left
-        while the first lane is busy rendering (streams starting together then get their first audio
-        from both lanes instead of queueing behind one batch). At most ``render_batch`` chunks, the most
-        urgent first (scheduler.urgency: first chunks oldest first, then earliest deadline). Which lane
-        renders a chunk, and beside which others, never changes the chunk: its boundaries and size
-        depend on the tokens alone."""
+        on the steady lane. Each lane helps the other while that one is busy rendering: a steady lane
+        with nothing of its own takes the first chunks left over (streams starting together then get
+        their first audio from both lanes instead of queueing behind one batch); a first lane with
+        nothing of its own takes the steady chunks left over as long as no listener waits for first
+        audio (else it would idle while the steady lane works alone: half a CPU's rendering). At most
+        ``render_batch`` chunks, the most urgent first (scheduler.urgency: first chunks oldest first,
+        then earliest deadline). Which lane renders a chunk, and beside which others, never changes the
+        chunk: its boundaries and size depend on the tokens alone."""
         chunks = self._chunks_ready(first=lane.first)
-        if not chunks and not lane.first and any(other.first and other.rendering for other in self._lanes):
-            chunks = self._chunks_ready(first=True)
+        if not chunks and any(other.rendering for other in self._lanes if other is not lane):
+            if not lane.first:
+                chunks = self._chunks_ready(first=True)
+            elif not any(job.first_handover is None and not job.cancelled for job in self._jobs):
+                chunks = self._chunks_ready(first=False)
         return sorted(chunks, key=lambda chunk: urgency(chunk[0]))[:self.render_batch]
 
     def _chunks_ready(self, first: bool) -> list[tuple[Job, _Segment, int, bool]]:
