@@ -1,4 +1,5 @@
-"""How many chunks a render lane takes into one S3Gen call (``tts_render_batch``), and which go first."""
+"""How many chunks a render lane takes into one S3Gen call (``tts_render_batch``), which go first, and
+when a lane takes the other lane's kind of chunk."""
 
 from __future__ import annotations
 

@@ -78,6 +78,12 @@ class _Prefix:
     values: list[torch.Tensor]
     uncond: int = 0
 
+    def kept(self, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.keys[layer], self.values[layer]
+
+    def keep(self, layer: int, keys: torch.Tensor, values: torch.Tensor) -> None:
+        self.keys[layer], self.values[layer] = keys, values
+
 
 @dataclass(eq=False)
 class _Row:
@@ -212,11 +218,7 @@ class T3Decoder:
     def _compute_prefix(self, embeds: torch.Tensor) -> _Prefix:
         """Run the conditioning positions (causal) once and keep their keys and values per layer."""
         prefix = _Prefix(embeds=embeds.clone(), keys=[None] * len(self._layers), values=[None] * len(self._layers))
-
-        def store(index: int, k: torch.Tensor, v: torch.Tensor) -> None:
-            prefix.keys[index], prefix.values[index] = k, v
-
-        self._run([_Row(embeds.to(self.dtype), 0, None, store)])
+        self._run([_Row(embeds.to(self.dtype), 0, None, prefix.keep)])
         return prefix
 
     def _uncond_text(self, start: int, end: int) -> torch.Tensor:
@@ -233,17 +235,10 @@ class T3Decoder:
         block by block (each block attends to the prefix and the blocks before it)."""
         size = prefix.embeds.shape[0]
         while prefix.uncond < length:
-            start = prefix.uncond
-
-            def earlier(index: int) -> tuple[torch.Tensor, torch.Tensor]:
-                return prefix.keys[index], prefix.values[index]
-
-            def store(index: int, k: torch.Tensor, v: torch.Tensor) -> None:
-                prefix.keys[index], prefix.values[index] = k, v
-
-            block = self._uncond_text(start, start + UNCOND_BLOCK).to(self.dtype)
-            self._run([_Row(block, size + start, earlier, store)])
+            block = self._uncond_text(prefix.uncond, prefix.uncond + UNCOND_BLOCK).to(self.dtype)
+            self._run([_Row(block, size + prefix.uncond, prefix.kept, prefix.keep)])
             prefix.uncond += UNCOND_BLOCK
+
     def join(self, embeds: torch.Tensor, *, seed: int, cfg_weight: float, temperature: float) -> Decoding:
         """Take a free slot and prefill it with ``embeds`` (from :meth:`prompt`)."""
         if len(self.active) >= self.slots:
