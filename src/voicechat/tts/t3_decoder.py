@@ -78,8 +78,9 @@ class _Prefix:
     values: list[torch.Tensor]
     uncond: int = 0
 
-    def kept(self, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.keys[layer], self.values[layer]
+    def kept(self, layer: int, end: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """The kept keys and values of ``layer`` at positions ``:end`` (all of them by default)."""
+        return self.keys[layer][:, :, :end], self.values[layer][:, :, :end]
 
     def keep(self, layer: int, keys: torch.Tensor, values: torch.Tensor) -> None:
         self.keys[layer], self.values[layer] = keys, values
@@ -337,7 +338,7 @@ class T3Decoder:
         rows = []
         for row, start in ((0, size), (1, size + text if shared else size)):
             def earlier(index: int, start: int = start) -> tuple[torch.Tensor, torch.Tensor]:
-                return prefix.keys[index][:, :, :start], prefix.values[index][:, :, :start]
+                return prefix.kept(index, start)
 
             def store(index: int, k: torch.Tensor, v: torch.Tensor, row: int = row) -> None:
                 self._k[index, 2 * slot + row, :, :length] = k[0]
@@ -356,22 +357,23 @@ class T3Decoder:
         positions = torch.cat([torch.arange(row.start, row.start + row.embeds.shape[0], device=self.device)
                                for row in rows])
         cos, sin = self._rotary(x, positions.unsqueeze(0))
-        bounds, offset = [], 0
+        bounds, masks, offset = [], [], 0
         for row in rows:
-            bounds.append((offset, offset + row.embeds.shape[0]))
-            offset += row.embeds.shape[0]
+            first, end = offset, offset + row.embeds.shape[0]
+            bounds.append((first, end))
+            # Causal over the whole sequence: position p sees keys 0..p (the earlier ones and its own).
+            masks.append(None if row.earlier is None else
+                         torch.arange(row.start + end - first, device=self.device) <= positions[first:end].unsqueeze(1))
+            offset = end
         for index, layer in enumerate(self._layers):
             q, k, v = self._qkv(layer, x, cos, sin)
             outs = []
-            for row, (first, end) in zip(rows, bounds):
+            for row, (first, end), mask in zip(rows, bounds, masks):
                 keys, values = k[:, :, first:end], v[:, :, first:end]
                 if row.earlier is not None:
                     before_k, before_v = row.earlier(index)
                     keys, values = torch.cat([before_k, keys], dim=2), torch.cat([before_v, values], dim=2)
                 row.store(index, keys, values)
-                # Causal over the whole sequence: position p sees keys 0..p.
-                mask = None if row.earlier is None else \
-                    torch.arange(keys.shape[2], device=self.device) <= positions[first:end].unsqueeze(1)
                 outs.append(F.scaled_dot_product_attention(q[:, :, first:end], keys, values, attn_mask=mask,
                                                            is_causal=mask is None))
             x = self._finish_layer(layer, x, torch.cat(outs, dim=2))
