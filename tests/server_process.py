@@ -6,6 +6,7 @@ fixtures of a test module that talks to one such server on a fake LLM.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import socket
@@ -47,6 +48,16 @@ class ServerProcess:
             if line.startswith(name + " ") or line.startswith(name + "{}"):
                 return float(line.rsplit(" ", 1)[1])
         raise KeyError(name)
+
+    async def metrics_at_zero(self, names: tuple[str, ...], timeout: float = 60.0) -> dict[str, float]:
+        """The values of ``names`` once all are 0 (a closed connection's work ends a moment later), or
+        as they are when ``timeout`` has passed."""
+        deadline = time.monotonic() + timeout
+        while True:
+            values = {name: self.metric(name) for name in names}
+            if not any(values.values()) or time.monotonic() > deadline:
+                return values
+            await asyncio.sleep(0.2)
 
 
 @contextlib.contextmanager

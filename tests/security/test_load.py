@@ -134,15 +134,6 @@ async def settled(pid: int, baseline: dict[str, int], timeout: float = 30.0) -> 
         await asyncio.sleep(0.5)
 
 
-async def gauges_at_zero(server, timeout: float = 60.0) -> dict[str, float]:
-    deadline = time.monotonic() + timeout
-    while True:
-        values = {name: server.metric(name) for name in GAUGES}
-        if not any(values.values()) or time.monotonic() > deadline:
-            return values
-        await asyncio.sleep(0.5)
-
-
 async def test_ten_conversations_for_minutes(tiny_checkpoint, whisper_tiny_dir) -> None:
     speech = []
     for question in QUESTIONS:
@@ -157,7 +148,7 @@ async def test_ten_conversations_for_minutes(tiny_checkpoint, whisper_tiny_dir) 
         warm = Tally()
         await warm_up(server.ws_url, speech, warm)
         assert warm.errors == [] and warm.closes == []
-        assert await gauges_at_zero(server) == dict.fromkeys(GAUGES, 0.0)
+        assert await server.metrics_at_zero(GAUGES) == dict.fromkeys(GAUGES, 0.0)
         baseline = process_figures(server.process.pid)
 
         tally = Tally()
@@ -165,7 +156,7 @@ async def test_ten_conversations_for_minutes(tiny_checkpoint, whisper_tiny_dir) 
         until = started + SECONDS
         await asyncio.gather(*(converse(server.ws_url, i, speech, until, tally) for i in range(CONVERSATIONS)))
         elapsed = time.monotonic() - started
-        gauges = await gauges_at_zero(server)
+        gauges = await server.metrics_at_zero(GAUGES)
         after = await settled(server.process.pid, baseline)
         log = server.log_tail(100000)
 

@@ -51,15 +51,6 @@ async def hello(url: str) -> VoiceChatClient:
     return await VoiceChatClient(url).connect(timeout=120)
 
 
-async def gauges_at_zero(server, timeout: float = 60.0) -> dict[str, float]:
-    deadline = time.monotonic() + timeout
-    while True:
-        values = {name: server.metric(name) for name in GAUGES}
-        if not any(values.values()) or time.monotonic() > deadline:
-            return values
-        await asyncio.sleep(0.2)
-
-
 # --- the cases: each returns what it observed, compared with its expectation ----------------------------
 
 
@@ -141,7 +132,7 @@ async def stops_reading(server, fake) -> dict[str, float]:
     talking = asyncio.create_task(keep_talking())
     try:
         await asyncio.sleep(1.0)  # let the reply start before waiting for the gauges to fall back
-        gauges = await gauges_at_zero(server, timeout=120)
+        gauges = await server.metrics_at_zero(GAUGES, timeout=120)
     finally:
         talking.cancel()
         await asyncio.gather(talking, return_exceptions=True)
@@ -182,14 +173,14 @@ async def test_each_bad_case_gets_its_answer_and_a_neighbour_talks_on(server, fa
     finally:
         keep_alive.cancel()
         await neighbour.close()
-    assert await gauges_at_zero(server) == dict.fromkeys(GAUGES, 0.0)
+    assert await server.metrics_at_zero(GAUGES) == dict.fromkeys(GAUGES, 0.0)
     assert "Traceback" not in server.log_tail(100000)
 
 
 async def test_a_client_that_stops_reading_is_dropped_after_the_send_timeout(server, fake_llm) -> None:
     await stops_reading(server, fake_llm)
     assert "the client took no data for 3 s (VOICECHAT_SEND_TIMEOUT_S) (send_timeout)" in server.log_tail(100000)
-    assert await gauges_at_zero(server) is not None
+    assert await server.metrics_at_zero(GAUGES) is not None
     deadline = time.monotonic() + 60
     while server.metric("voicechat_sessions_active") and time.monotonic() < deadline:
         await asyncio.sleep(0.2)
@@ -247,5 +238,5 @@ async def test_a_dropped_connection_resumes_its_conversation(server, fake_llm) -
         assert (await stolen.wait_for("error", timeout=60))["code"] == "resume_failed"
     finally:
         await stolen.close()
-    assert await gauges_at_zero(server) == dict.fromkeys(GAUGES, 0.0)
+    assert await server.metrics_at_zero(GAUGES) == dict.fromkeys(GAUGES, 0.0)
     assert "Traceback" not in server.log_tail(100000)
