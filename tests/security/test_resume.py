@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 import websockets
-from fake_llm import FakeLLM, Script
+from fake_llm import SHORT_REPLY, FakeLLM, Script
 from server_process import running_server
 from loop_guard import no_loop_exceptions  # noqa: F401  (autouse fixture)
 from server.session_script import CHUNK, WAIT_S, Conversation
@@ -29,7 +29,6 @@ from voicechat.guard import Ending
 from voicechat.resume import ResumeStore
 
 REPLY = "Paris is the capital of France. It has about two million people. The Seine runs through it."
-SHORT_REPLY = "Paris is the capital of France."
 
 
 @pytest.fixture
